@@ -1,0 +1,1 @@
+"""HTTP layer: routes, schemas, problem+json errors, request logging. The only FastAPI code."""

@@ -1,0 +1,74 @@
+"""Content negotiation: pick JSON or an image format from `Accept` and the body's `format`."""
+
+from __future__ import annotations
+
+from app.api.problems import Problem
+from app.engines.imaging import ImageFormat
+
+JSON = "application/json"
+
+
+def _parse_accept(accept: str) -> list[tuple[str, float]]:
+    ranges: list[tuple[str, float]] = []
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        if not media:
+            continue
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        ranges.append((media.lower(), q))
+    return ranges
+
+
+def _quality(media_type: str, ranges: list[tuple[str, float]]) -> float:
+    """q of the most specific range that matches media_type (RFC 9110 §12.5.1)."""
+    kind = media_type.split("/")[0]
+    best: tuple[int, float] | None = None
+    for media, q in ranges:
+        if media == media_type:
+            specificity = 2
+        elif media == f"{kind}/*":
+            specificity = 1
+        elif media == "*/*":
+            specificity = 0
+        else:
+            continue
+        if best is None or specificity > best[0]:
+            best = (specificity, q)
+    return 0.0 if best is None else best[1]
+
+
+def negotiate(
+    accept: str | None,
+    requested: ImageFormat | None,
+    allowed: tuple[ImageFormat, ...],
+    *,
+    json_allowed: bool = True,
+) -> ImageFormat | str:
+    """The response type: an ImageFormat, or JSON (the string) when the client prefers it."""
+    if not accept or accept.strip() == "":
+        return requested or allowed[0]
+    ranges = _parse_accept(accept)
+    candidates: list[ImageFormat | str] = [requested] if requested else list(allowed)
+    if json_allowed:
+        candidates.append(JSON)
+    scored = [
+        (_quality(c if isinstance(c, str) and c == JSON else c.media_type, ranges), -i, c)
+        for i, c in enumerate(candidates)
+        if not (isinstance(c, ImageFormat) and c not in allowed)
+    ]
+    q, _, best = max(scored, key=lambda s: (s[0], s[1]))
+    if q <= 0:
+        offered = ", ".join(
+            c if isinstance(c, str) and c == JSON else c.media_type for c in candidates
+        )
+        raise Problem(
+            406, "Not Acceptable",
+            f"this endpoint can answer with {offered}; Accept was {accept!r}",
+        )
+    return best

@@ -1,0 +1,154 @@
+"""POST /generate and POST /generate/interpolate."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.api.deps import GenerationDep, SettingsDep, TimeoutDep
+from app.api.disconnect import unless_disconnected
+from app.api.negotiation import JSON, negotiate
+from app.api.problems import invalid_field
+from app.api.schemas import (
+    GeneratedImage,
+    GenerateRequest,
+    GenerateResponse,
+    InterpolateRequest,
+)
+from app.engines.imaging import ImageFormat
+from app.services.generation import Generated
+
+router = APIRouter(tags=["generate"])
+
+STILL_FORMATS = (ImageFormat.PNG, ImageFormat.JPEG, ImageFormat.WEBP)
+
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One image, a grid of n images, or JSON with `Accept: application/json`.",
+        "content": {
+            "image/png": {}, "image/jpeg": {}, "image/webp": {},
+            "application/json": {"schema": GenerateResponse.model_json_schema()},
+        },
+        "headers": {
+            "X-Seed": {"description": "Seed of the first image.", "schema": {"type": "integer"}},
+            "X-Model": {"description": "Model that made the images.",
+                        "schema": {"type": "string"}},
+        },
+    },
+    404: {"description": "Unknown model (problem+json)."},
+    422: {"description": "Invalid field (problem+json naming it)."},
+    503: {"description": "Queue full or model unavailable; see Retry-After."},
+    504: {"description": "Deadline passed."},
+}
+
+AcceptHeader = Annotated[
+    str | None,
+    Header(description="`image/png`, `image/jpeg`, `image/webp` or `application/json`.",
+           examples=["image/png"]),
+]
+
+
+def _record(request: Request, generated: Generated, n: int) -> None:
+    stats = generated.stats
+    request.state.log_fields = {
+        "model": generated.model,
+        "n": n,
+        "batch_images": stats.batch_images,
+        "queue_wait_ms": round((stats.queue_wait_s or 0) * 1000, 2),
+        "compute_ms": round((stats.compute_s or 0) * 1000, 2),
+        "device": stats.device,
+    }
+
+
+@router.post(
+    "/generate",
+    summary="Generate images from a GAN",
+    response_class=Response,
+    responses=_IMAGE_RESPONSES,
+)
+async def generate(
+    request: Request,
+    service: GenerationDep,
+    settings: SettingsDep,
+    timeout_s: TimeoutDep,
+    accept: AcceptHeader = None,
+    body: Annotated[GenerateRequest | None, Body()] = None,
+) -> Response:
+    """New images from a pretrained generator. The same `seed` always gives the same image,
+    alone or in any batch; requests are coalesced into shared forward passes."""
+    body = body or GenerateRequest()
+    if body.n > settings.max_images_per_request:
+        raise invalid_field("n", f"must be <= {settings.max_images_per_request}")
+    requested = ImageFormat(body.format.value) if body.format else None
+    kind = negotiate(accept, requested, STILL_FORMATS)
+    generated = await unless_disconnected(
+        request,
+        service.generate(
+            model=body.model or settings.default_model, n=body.n, seed=body.seed,
+            truncation=body.truncation, request_id=request.state.request_id,
+            timeout_s=timeout_s,
+        ),
+    )
+    _record(request, generated, body.n)
+    headers = {"X-Seed": str(generated.seeds[0]), "X-Model": generated.model}
+    if kind == JSON:
+        fmt = requested or ImageFormat.PNG
+        encoded = await service.encode_each(generated.images, fmt)
+        payload = GenerateResponse(
+            model=generated.model,
+            images=[
+                GeneratedImage(
+                    seed=seed,
+                    data_url=f"data:{fmt.media_type};base64,{base64.b64encode(data).decode()}",
+                )
+                for seed, data in zip(generated.seeds, encoded, strict=True)
+            ],
+        )
+        return JSONResponse(payload.model_dump(), headers=headers)
+    assert isinstance(kind, ImageFormat)
+    if body.n == 1:
+        data = await service.encode_one(generated.images[0], kind)
+    else:
+        data = await service.encode_grid(generated.images, kind)
+    return Response(data, media_type=kind.media_type, headers=headers)
+
+
+@router.post(
+    "/generate/interpolate",
+    summary="A latent walk between two seeds",
+    response_class=Response,
+    responses={
+        200: {"description": "An animated WebP/GIF, or a PNG/JPEG grid of the frames.",
+              "content": {"image/webp": {}, "image/gif": {}, "image/png": {},
+                          "image/jpeg": {}}},
+        404: {"description": "Unknown model."},
+        422: {"description": "Invalid field."},
+    },
+)
+async def interpolate(
+    request: Request,
+    body: InterpolateRequest,
+    service: GenerationDep,
+    settings: SettingsDep,
+    timeout_s: TimeoutDep,
+) -> Response:
+    """Spherical interpolation between the latents of `seed_from` and `seed_to`."""
+    generated = await unless_disconnected(
+        request,
+        service.interpolate(
+            model=body.model or settings.default_model, seed_from=body.seed_from,
+            seed_to=body.seed_to, steps=body.steps, truncation=body.truncation,
+            request_id=request.state.request_id, timeout_s=timeout_s,
+        ),
+    )
+    _record(request, generated, body.steps)
+    fmt = ImageFormat(body.format.value)
+    if fmt in (ImageFormat.WEBP, ImageFormat.GIF):
+        data = await service.encode_animation(generated.images, fmt, body.frame_ms)
+    else:
+        data = await service.encode_grid(generated.images, fmt)
+    headers = {"X-Seed": str(body.seed_from), "X-Model": generated.model}
+    return Response(data, media_type=fmt.media_type, headers=headers)

@@ -1,0 +1,1 @@
+"""Pure PyTorch/Pillow engines: GAN sampling, image encoding. No HTTP, no threads."""

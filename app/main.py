@@ -1,0 +1,98 @@
+"""The FastAPI application: `create_app(settings)` wires catalog -> pool -> services -> routes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+from fastapi_offline import FastAPIOffline
+
+from app import __version__
+from app.api import problems
+from app.api.disconnect import ClientDisconnected
+from app.api.middleware import AccessLog
+from app.api.routes import generate, system
+from app.catalog import Catalog
+from app.logs import configure
+from app.pool import Executor, PoolMetrics, WorkerPool
+from app.pool.runtime import DeviceRuntime
+from app.services.encoding import Encoder
+from app.services.generation import GenerationService
+from app.settings import Settings
+
+log = logging.getLogger("atelier")
+
+DESCRIPTION = """
+Image generation on an async GPU worker pool.
+
+* `POST /generate`: new images from a pretrained GAN (seeds, batches, grids).
+* `POST /generate/interpolate`: a latent walk between two seeds.
+
+Every error is an RFC 9457 `application/problem+json` document.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    executor_factory: Callable[[str], Executor] | None = None,
+) -> FastAPI:
+    """Build the app. `executor_factory` replaces the device runtime (tests, other engines)."""
+    settings = settings or Settings()
+    configure(settings.log_format, settings.log_level)
+    metrics = PoolMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        catalog = Catalog(settings.catalog_dir, settings.model_dir)
+        for entry in catalog.entries():
+            if entry.message:
+                log.warning(entry.message)
+        factory = executor_factory or (
+            lambda device: DeviceRuntime(device, catalog, torch_threads=settings.torch_threads)
+        )
+        pool = WorkerPool(
+            settings.device_list(),
+            factory,
+            workers_per_device=settings.workers_per_device,
+            queue_size=settings.queue_size,
+            max_batch_images=settings.max_batch_images,
+            batch_wait_ms=settings.batch_wait_ms,
+            retry_after_s=settings.retry_after_s,
+            metrics=metrics,
+        )
+        await asyncio.to_thread(pool.start)
+        encoder = Encoder(settings.encode_threads)
+        app.state.settings = settings
+        app.state.catalog = catalog
+        app.state.pool = pool
+        app.state.generation = GenerationService(catalog, pool, encoder)
+        log.info("ready", extra={"fields": {"workers": pool.describe()}})
+        try:
+            yield
+        finally:
+            abandoned = await asyncio.to_thread(pool.shutdown, settings.shutdown_grace_s)
+            encoder.close()
+            log.info("stopped", extra={"fields": {"abandoned": abandoned}})
+
+    app = FastAPIOffline(
+        title="Atelier",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    problems.install(app)
+
+    async def on_disconnect(_request: Request, _exc: Exception) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+
+    app.add_exception_handler(ClientDisconnected, on_disconnect)
+    app.include_router(generate.router)
+    app.include_router(system.router)
+    app.add_middleware(AccessLog, registry=metrics.registry)
+    return app

@@ -1,0 +1,1 @@
+"""Network definitions and weight loading; pure PyTorch."""

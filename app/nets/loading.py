@@ -1,0 +1,31 @@
+"""Build a network from its manifest and load its safetensors weights onto a device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from app.nets.dcgan import DCGANGenerator
+
+
+def build_gan(architecture: dict[str, Any]) -> nn.Module:
+    kind = architecture.get("type")
+    if kind == "dcgan":
+        return DCGANGenerator(
+            nz=int(architecture.get("nz", 100)),
+            ngf=int(architecture.get("ngf", 64)),
+            nc=int(architecture.get("nc", 3)),
+        )
+    raise ValueError(f"unknown GAN architecture {kind!r}")
+
+
+def load_gan(architecture: dict[str, Any], weights: Path, device: str) -> nn.Module:
+    net = build_gan(architecture)
+    # strict: a manifest that names the wrong architecture must fail loudly, not half-load
+    net.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    net.eval().requires_grad_(False)
+    return net.to(torch.device(device))

@@ -1,0 +1,218 @@
+"""Worker threads, one or more per device, fed by the scheduler and watched by a supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from app.pool.errors import DeadlineExceeded, OutOfMemory, PoolClosed, WorkerCrashed
+from app.pool.metrics import PoolMetrics
+from app.pool.scheduler import Scheduler
+from app.pool.work import WorkItem
+
+log = logging.getLogger("atelier.pool")
+
+
+class Executor(Protocol):
+    """Runs batches on one device. Called only from its worker's thread."""
+
+    def load(self) -> None:
+        """Put model replicas on the device; called once, on the worker thread."""
+
+    def run(self, batch: Sequence[WorkItem], max_images: int) -> Sequence[Any]:
+        """One result per item, in order. Forward passes hold at most `max_images` images."""
+
+
+ExecutorFactory = Callable[[str], Executor]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+class Worker:
+    def __init__(
+        self, name: str, device: str, executor: Executor, scheduler: Scheduler,
+        metrics: PoolMetrics,
+    ) -> None:
+        self.name = name
+        self.device = device
+        self.executor = executor
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.loaded = threading.Event()
+        self.load_error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._main, name=self.name, daemon=True)
+        self.thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive() and self.loaded.is_set()
+
+    def _main(self) -> None:
+        if not self.loaded.is_set():
+            try:
+                self.executor.load()
+            except BaseException as exc:
+                self.load_error = exc
+                log.exception("worker %s failed to load its models", self.name)
+                raise
+            self.loaded.set()
+        while (batch := self.scheduler.next_batch()) is not None:
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[WorkItem]) -> None:
+        started = time.monotonic()
+        images = sum(item.size for item in batch)
+        kind = type(batch[0]).__name__
+        for item in batch:
+            self.metrics.queue_wait.observe(started - item.enqueued_at)
+            item.stats.queue_wait_s = started - item.enqueued_at
+            item.stats.batch_images = images
+            item.stats.device = self.device
+        try:
+            results = self._run_splitting_on_oom(batch, images)
+        except Exception as exc:
+            self.metrics.failed.labels(type(exc).__name__).inc()
+            log.exception("batch of %d items failed on %s", len(batch), self.name)
+            for item in batch:
+                item.future.set_exception(exc)
+        except BaseException:
+            for item in batch:
+                item.future.set_exception(WorkerCrashed(self.name))
+            raise
+        else:
+            compute = time.monotonic() - started
+            self.metrics.compute.labels(kind).observe(compute)
+            self.metrics.batch_images.labels(kind).observe(images)
+            for item, result in zip(batch, results, strict=True):
+                item.stats.compute_s = compute
+                item.future.set_result(result)
+        finally:
+            self.scheduler.finished(len(batch))
+
+    def _run_splitting_on_oom(self, batch: list[WorkItem], images: int) -> Sequence[Any]:
+        chunk = images
+        while True:
+            try:
+                return self.executor.run(batch, chunk)
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                if self.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+                if chunk <= 1:
+                    raise OutOfMemory(self.device) from exc
+                chunk = max(1, chunk // 2)
+                self.metrics.oom_splits.inc()
+                log.warning("out of memory on %s: retrying in chunks of %d", self.device, chunk)
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        devices: Sequence[str],
+        executor_factory: ExecutorFactory,
+        *,
+        workers_per_device: int = 1,
+        queue_size: int = 256,
+        max_batch_images: int = 64,
+        batch_wait_ms: float = 2.0,
+        retry_after_s: int = 1,
+        supervise_interval_s: float = 0.5,
+        metrics: PoolMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics or PoolMetrics()
+        self.scheduler = Scheduler(
+            capacity=queue_size,
+            max_batch_images=max_batch_images,
+            batch_wait_s=batch_wait_ms / 1000,
+            retry_after_s=retry_after_s,
+            metrics=self.metrics,
+        )
+        self.workers = [
+            Worker(f"worker-{device}-{i}", device, executor_factory(device), self.scheduler,
+                   self.metrics)
+            for device in devices
+            for i in range(workers_per_device)
+        ]
+        self._supervise_interval_s = supervise_interval_s
+        self._stop_supervisor = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    # lifecycle
+    def start(self, *, load_timeout_s: float | None = None) -> None:
+        for worker in self.workers:
+            worker.start()
+        for worker in self.workers:
+            if not worker.loaded.wait(load_timeout_s):
+                raise TimeoutError(f"{worker.name} did not load in time")
+            if worker.load_error is not None:
+                raise RuntimeError(f"{worker.name} failed to load") from worker.load_error
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="pool-supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def shutdown(self, grace_s: float = 30.0) -> int:
+        """Refuse new work, let accepted work finish within `grace_s`, then stop.
+
+        Returns how many accepted items were abandoned (failed with PoolClosed).
+        """
+        self.scheduler.close()
+        self.scheduler.wait_idle(grace_s)
+        abandoned = self.scheduler.stop()
+        for item in abandoned:
+            if item.future.set_running_or_notify_cancel():
+                item.future.set_exception(PoolClosed())
+        self._stop_supervisor.set()
+        for worker in self.workers:
+            if worker.thread is not None:
+                worker.thread.join(timeout=5)
+        return len(abandoned)
+
+    def _supervise(self) -> None:
+        while not self._stop_supervisor.wait(self._supervise_interval_s):
+            for worker in self.workers:
+                dead = worker.thread is not None and not worker.thread.is_alive()
+                if dead and worker.loaded.is_set() and not self._stop_supervisor.is_set():
+                    log.error("worker %s died; restarting it", worker.name)
+                    self.metrics.worker_restarts.inc()
+                    worker.start()
+
+    # work
+    def submit(self, item: WorkItem) -> concurrent.futures.Future[Any]:
+        """Admit an item (or raise QueueFull / PoolClosed); the future holds its result."""
+        self.scheduler.admit(item)
+        return item.future
+
+    async def run(self, item: WorkItem, timeout_s: float | None = None) -> Any:
+        """Submit and await. Cancelling the caller cancels the item if it has not started."""
+        if timeout_s is not None:
+            item.deadline = time.monotonic() + timeout_s
+        future = asyncio.wrap_future(self.submit(item))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(timeout_s) from exc
+
+    # health
+    @property
+    def healthy(self) -> bool:
+        return bool(self.workers) and all(w.alive for w in self.workers)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {"name": w.name, "device": w.device, "alive": w.alive} for w in self.workers
+        ]

@@ -1,0 +1,61 @@
+"""Typed work items that fronts submit to the pool."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class WorkStats:
+    """Filled in by the worker, read by the front for logs and headers."""
+
+    queue_wait_s: float | None = None
+    compute_s: float | None = None
+    batch_images: int | None = None
+    device: str | None = None
+
+
+@dataclass(eq=False, kw_only=True)
+class WorkItem:
+    """One request's unit of work. Items with equal `batch_key` may share a forward pass."""
+
+    request_id: str = ""
+    deadline: float | None = None  # time.monotonic() after which the result is useless
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    stats: WorkStats = field(default_factory=WorkStats)
+
+    @property
+    def size(self) -> int:
+        """How many images this item adds to a batch."""
+        return 1
+
+    @property
+    def batch_key(self) -> Hashable | None:
+        """None: never coalesced with other items."""
+        return None
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.deadline is not None and (now or time.monotonic()) > self.deadline
+
+
+@dataclass(eq=False, kw_only=True)
+class GenerateWork(WorkItem):
+    """Run a GAN generator on latents [n, nz] (CPU); the result is uint8 images [n, H, W, C]."""
+
+    model: str
+    latents: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.latents.shape[0])
+
+    @property
+    def batch_key(self) -> Hashable:
+        return ("generate", self.model)

@@ -1,0 +1,69 @@
+"""Service configuration, read from `ATELIER_*` environment variables (and a `.env` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", env_file=".env", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface the HTTP server binds to.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the HTTP server.")
+    devices: str = Field(
+        "auto",
+        description="Comma-separated torch devices to run workers on ('cuda:0,cuda:1', 'cpu');"
+        " 'auto' takes every visible CUDA GPU, or the CPU when there is none.",
+    )
+    workers_per_device: int = Field(1, ge=1, le=16, description="Worker threads per device.")
+    torch_threads: int = Field(
+        1, ge=0,
+        description="Intra-op threads of each CPU worker (0: torch's default). One keeps a"
+        " seed's image bitwise equal in any batch and leaves a core to the HTTP stack.",
+    )
+    queue_size: int = Field(
+        256, ge=1, description="Work items admitted but not finished; beyond it, 503."
+    )
+    max_batch_images: int = Field(
+        64, ge=1, description="Most images one /generate forward pass may hold."
+    )
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long a worker waits for more work to fill a batch."
+    )
+    max_images_per_request: int = Field(64, ge=1, le=1024, description="Upper bound of `n`.")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Default deadline of a request (504 once passed)."
+    )
+    max_request_timeout_s: float = Field(
+        300.0, gt=0, description="Largest deadline a client may ask for with X-Request-Timeout."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when full.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long accepted work may take to finish."
+    )
+    encode_threads: int = Field(2, ge=1, description="Threads that encode images (PNG/JPEG/…).")
+    catalog_dir: Path = Field(
+        PROJECT_ROOT / "models", description="Folder of model manifests (*.toml)."
+    )
+    model_dir: Path = Field(
+        PROJECT_ROOT / "models" / "cache", description="Where pulled weights are stored."
+    )
+    default_model: str = Field("dcgan-faces-64", description="Model used when none is named.")
+    log_format: Literal["json", "text"] = Field("json", description="Access/app log format.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    def device_list(self) -> list[str]:
+        """Resolve `devices` to concrete torch device strings."""
+        if self.devices.strip().lower() != "auto":
+            return [d.strip() for d in self.devices.split(",") if d.strip()]
+        import torch
+
+        if torch.cuda.is_available():
+            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return ["cpu"]
