@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from app.catalog.manifest import FileSource, Manifest, UrlSource, WheelSource, Weights
+from app.catalog.manifest import FileSource, Manifest, UrlSource, Weights, WheelSource
 
 
 class PullError(RuntimeError):

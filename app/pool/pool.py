@@ -170,6 +170,7 @@ class WorkerPool:
 
         Returns how many accepted items were abandoned (failed with PoolClosed).
         """
+        give_up_at = time.monotonic() + grace_s
         self.scheduler.close()
         self.scheduler.wait_idle(grace_s)
         abandoned = self.scheduler.stop()
@@ -179,7 +180,9 @@ class WorkerPool:
         self._stop_supervisor.set()
         for worker in self.workers:
             if worker.thread is not None:
-                worker.thread.join(timeout=5)
+                # A batch still computing past the grace period cannot be interrupted; its
+                # daemon thread is left to finish or die with the process.
+                worker.thread.join(timeout=max(0.1, give_up_at - time.monotonic()))
         return len(abandoned)
 
     def _supervise(self) -> None:

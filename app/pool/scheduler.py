@@ -59,6 +59,21 @@ class Scheduler:
             self._in_flight += 1
             self._publish()
             self._cond.notify()
+        item.future.add_done_callback(lambda future: self._forget_if_cancelled(item, future))
+
+    def _forget_if_cancelled(self, item: WorkItem, future: object) -> None:
+        """A caller that gave up frees its queue slot at once, not when a worker gets to it."""
+        if not item.future.cancelled():
+            return
+        with self._cond:
+            try:
+                self._pending.remove(item)
+            except ValueError:
+                return  # already taken by a worker, which drops it uncomputed
+            self._in_flight -= 1
+            self.metrics.dropped.labels("cancelled").inc()
+            self._publish()
+            self._cond.notify_all()
 
     def finished(self, count: int) -> None:
         with self._cond:
