@@ -74,7 +74,7 @@ def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     from app.catalog import Catalog
     from app.engines.imaging import ImageFormat
-    from app.pool import WorkerPool
+    from app.pool import Lane, WorkerPool
     from app.pool.runtime import DeviceRuntime
     from app.services.encoding import Encoder
     from app.services.errors import ServiceError
@@ -86,7 +86,7 @@ def _cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
     pool = WorkerPool(
         settings.device_list()[:1],
         lambda d: DeviceRuntime(d, catalog, torch_threads=settings.torch_threads),
-        max_batch_images=settings.max_batch_images,
+        lanes=[Lane("generate", max_batch_images=settings.max_batch_images)],
     )
     encoder = Encoder(1)
     service = GenerationService(catalog, pool, encoder)

@@ -17,7 +17,7 @@ from app.api.middleware import AccessLog
 from app.api.routes import generate, system
 from app.catalog import Catalog
 from app.logs import configure
-from app.pool import Executor, PoolMetrics, WorkerPool
+from app.pool import Executor, Lane, PoolMetrics, WorkerPool
 from app.pool.runtime import DeviceRuntime
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
@@ -57,10 +57,14 @@ def create_app(
         pool = WorkerPool(
             settings.device_list(),
             factory,
-            workers_per_device=settings.workers_per_device,
-            queue_size=settings.queue_size,
-            max_batch_images=settings.max_batch_images,
-            batch_wait_ms=settings.batch_wait_ms,
+            lanes=[
+                Lane("generate", settings.workers_per_device, settings.queue_size,
+                     settings.max_batch_images, settings.batch_wait_ms),
+                # Style jobs run in a lane of their own, so a long job never holds up
+                # /generate: the two lanes' workers interleave on the device.
+                Lane("stylize", settings.stylize_workers_per_device, settings.max_active_jobs,
+                     1, 0.0),
+            ],
             retry_after_s=settings.retry_after_s,
             metrics=metrics,
         )

@@ -47,6 +47,36 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On shutdown, how long accepted work may take to finish."
     )
+    stylize_workers_per_device: int = Field(
+        1, ge=1, le=8, description="Style-transfer workers per device (their own lane)."
+    )
+    max_active_jobs: int = Field(
+        16, ge=1, description="Style jobs queued or running at once; beyond it, 503."
+    )
+    max_jobs: int = Field(
+        256, ge=1, description="Jobs kept (finished ones included) before the oldest go."
+    )
+    job_ttl_s: float = Field(
+        3600.0, gt=0, description="How long a finished job and its result are kept."
+    )
+    jobs_dir: Path = Field(
+        PROJECT_ROOT / "var" / "jobs", description="Where finished job results are stored."
+    )
+    style_model: str = Field("vgg19-caffe", description="Network used by /stylize.")
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest /stylize request body (413 beyond)."
+    )
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="Largest uploaded image, in pixels (413 beyond)."
+    )
+    max_style_images: int = Field(4, ge=1, description="Most style images in one job.")
+    max_size: int = Field(1024, ge=32, description="Largest `size` (output long side).")
+    max_steps: int = Field(2000, ge=1, description="Largest `steps` of a style job.")
+    default_size: int = Field(512, ge=16, description="`size` when a request gives none.")
+    default_steps: int = Field(300, ge=1, description="`steps` when a request gives none.")
+    progress_every: int = Field(
+        10, ge=1, description="Steps between progress events of a style job."
+    )
     encode_threads: int = Field(2, ge=1, description="Threads that encode images (PNG/JPEG/…).")
     catalog_dir: Path = Field(
         PROJECT_ROOT / "models", description="Folder of model manifests (*.toml)."

@@ -205,7 +205,8 @@ def test_health_readiness_catalog_and_metrics(live: LiveServer) -> None:
         metrics = client.get("/metrics").text
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
     assert ready.json()["workers"][0]["alive"] is True
-    (model,) = models
+    model = next(m for m in models if m["name"] == "dcgan-faces-64")
+    assert {m["name"] for m in models} == {"dcgan-faces-64", "vgg19-caffe"}
     assert model["status"] == "available" and model["devices"] == ["cpu"]
     assert model["license"]["name"] == "MIT" and model["default"] is True
     for name in ("atelier_queue_length", "atelier_queue_wait_seconds_bucket",

@@ -54,7 +54,7 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(
     executor.gate.clear()
     with concurrent.futures.ThreadPoolExecutor(2) as threads:
         held = [post_in_background(server, {"seed": i}, threads) for i in range(2)]
-        wait_until(lambda: server.app.state.pool.scheduler.in_flight == 2)
+        wait_until(lambda: server.app.state.pool.schedulers['generate'].in_flight == 2)
         t0 = time.monotonic()
         refused = httpx.post(f"{server.url}/generate", json={"seed": 9}, timeout=30)
         elapsed = time.monotonic() - t0
@@ -79,7 +79,7 @@ def test_a_request_past_its_deadline_gets_504_and_is_never_computed(
         executor.gate.set()
         assert blocker.result().status_code == 200
     assert late.status_code == 504 and late.headers["content-type"] == PROBLEM
-    wait_until(lambda: server.app.state.pool.scheduler.in_flight == 0)
+    wait_until(lambda: server.app.state.pool.schedulers['generate'].in_flight == 0)
     assert [w.size for w in executor.computed] == [1]  # only the blocker ran
 
 
@@ -89,19 +89,20 @@ def test_work_of_a_client_that_hung_up_is_dropped_uncomputed(
     server, executor = scripted
     executor.gate.clear()
     pool = server.app.state.pool
+    scheduler = pool.schedulers["generate"]
     with concurrent.futures.ThreadPoolExecutor(1) as threads:
         blocker = post_in_background(server, {"seed": 1}, threads)
         executor.started.wait(5)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.url}/generate", json={"seed": 2, "n": 5}, timeout=0.3)
         # the server notices the hang-up and frees the queue slot before any worker is free
-        wait_until(lambda: pool.metrics.dropped.labels("cancelled")._value.get() == 1)
-        assert pool.scheduler.in_flight == 1
+        wait_until(lambda: pool.metrics.dropped.labels("generate", "cancelled")._value.get() == 1)
+        assert scheduler.in_flight == 1
         executor.gate.set()
         assert blocker.result().status_code == 200
-    wait_until(lambda: pool.scheduler.in_flight == 0)
+    wait_until(lambda: scheduler.in_flight == 0)
     assert [w.size for w in executor.computed] == [1]
-    assert pool.metrics.dropped.labels("cancelled")._value.get() == 1
+    assert pool.metrics.dropped.labels("generate", "cancelled")._value.get() == 1
 
 
 def test_a_failing_batch_gives_a_clean_500_and_the_service_goes_on(
@@ -127,9 +128,8 @@ def test_readiness_fails_while_a_worker_is_dead(
 ) -> None:
     server, _executor = scripted
     worker = server.app.state.pool.workers[0]
-    original = worker.alive
-    assert original
-    worker.loaded.clear()  # what a worker looks like before (re)loading its models
+    assert worker.alive
+    worker.loaded.clear()  # what a worker looks like before it has loaded its models
     try:
         response = httpx.get(f"{server.url}/readyz", timeout=5)
         assert response.status_code == 503

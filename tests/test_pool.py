@@ -14,6 +14,7 @@ import torch
 
 from app.pool import (
     DeadlineExceeded,
+    Lane,
     OutOfMemory,
     PoolClosed,
     QueueFull,
@@ -40,9 +41,10 @@ class Job(WorkItem):
 
 
 def make_pool(executor: FakeExecutor, **kwargs: Any) -> WorkerPool:
-    options: dict[str, Any] = {"queue_size": 64, "max_batch_images": 8, "batch_wait_ms": 50,
-                               "supervise_interval_s": 0.05}
-    pool = WorkerPool(["cpu"], lambda _device: executor, **(options | kwargs))
+    lane: dict[str, Any] = {"queue_size": 64, "max_batch_images": 8, "batch_wait_ms": 50}
+    retry_after_s = kwargs.pop("retry_after_s", 1)
+    pool = WorkerPool(["cpu"], lambda _device: executor, lanes=[Lane(**(lane | kwargs))],
+                      retry_after_s=retry_after_s, supervise_interval_s=0.05)
     pool.start()
     return pool
 

@@ -118,6 +118,7 @@ class Health(BaseModel):
 class WorkerInfo(BaseModel):
     name: str
     device: str
+    lane: str = Field(..., description="`generate` or `stylize`: each kind has its own queue.")
     alive: bool
 
 

@@ -57,6 +57,9 @@ class Manifest(_Strict):
     description: str = ""
     output_size: tuple[int, int] | None = None
     architecture: dict[str, Any]
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Engine defaults tuned for this model."
+    )
     license: License
     weights: Weights
     path: Path | None = Field(None, exclude=True)

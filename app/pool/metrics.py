@@ -13,10 +13,11 @@ class PoolMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.queue_length = Gauge(
-            "atelier_queue_length", "Work items waiting for a worker.", registry=r
+            "atelier_queue_length", "Work items waiting for a worker.", ["lane"], registry=r
         )
         self.in_flight = Gauge(
-            "atelier_in_flight", "Work items admitted and not yet finished.", registry=r
+            "atelier_in_flight", "Work items admitted and not yet finished.", ["lane"],
+            registry=r,
         )
         self.queue_wait = Histogram(
             "atelier_queue_wait_seconds", "Time from admission to the start of compute.",
@@ -31,10 +32,11 @@ class PoolMetrics:
             buckets=_BATCH_BUCKETS, registry=r,
         )
         self.rejected = Counter(
-            "atelier_rejected_total", "Work refused at admission.", ["reason"], registry=r
+            "atelier_rejected_total", "Work refused at admission.", ["lane", "reason"],
+            registry=r,
         )
         self.dropped = Counter(
-            "atelier_dropped_total", "Admitted work dropped before compute.", ["reason"],
+            "atelier_dropped_total", "Admitted work dropped before compute.", ["lane", "reason"],
             registry=r,
         )
         self.failed = Counter(

@@ -8,10 +8,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 
+from app.engines.style import Cancelled
 from app.pool.errors import DeadlineExceeded, OutOfMemory, PoolClosed, WorkerCrashed
 from app.pool.metrics import PoolMetrics
 from app.pool.scheduler import Scheduler
@@ -24,7 +26,10 @@ class Executor(Protocol):
     """Runs batches on one device. Called only from its worker's thread."""
 
     def load(self) -> None:
-        """Put model replicas on the device; called once, on the worker thread."""
+        """Put model replicas on the device (once) and set up the calling worker thread.
+
+        Every worker of the device calls it when its thread starts; it must be idempotent.
+        """
 
     def run(self, batch: Sequence[WorkItem], max_images: int) -> Sequence[Any]:
         """One result per item, in order. Forward passes hold at most `max_images` images."""
@@ -84,8 +89,9 @@ class Worker:
         try:
             results = self._run_splitting_on_oom(batch, images)
         except Exception as exc:
-            self.metrics.failed.labels(type(exc).__name__).inc()
-            log.exception("batch of %d items failed on %s", len(batch), self.name)
+            if not isinstance(exc, Cancelled):
+                self.metrics.failed.labels(type(exc).__name__).inc()
+                log.exception("batch of %d items failed on %s", len(batch), self.name)
             for item in batch:
                 item.future.set_exception(exc)
         except BaseException:
@@ -119,37 +125,58 @@ class Worker:
                 log.warning("out of memory on %s: retrying in chunks of %d", self.device, chunk)
 
 
+@dataclass(frozen=True)
+class Lane:
+    """A queue with its own workers on every device (for instance, one per kind of work)."""
+
+    name: str = "default"
+    workers_per_device: int = 1
+    queue_size: int = 256
+    max_batch_images: int = 64
+    batch_wait_ms: float = 2.0
+
+
 class WorkerPool:
     def __init__(
         self,
         devices: Sequence[str],
         executor_factory: ExecutorFactory,
         *,
-        workers_per_device: int = 1,
-        queue_size: int = 256,
-        max_batch_images: int = 64,
-        batch_wait_ms: float = 2.0,
+        lanes: Sequence[Lane] = (Lane(),),
         retry_after_s: int = 1,
         supervise_interval_s: float = 0.5,
         metrics: PoolMetrics | None = None,
     ) -> None:
         self.metrics = metrics or PoolMetrics()
-        self.scheduler = Scheduler(
-            capacity=queue_size,
-            max_batch_images=max_batch_images,
-            batch_wait_s=batch_wait_ms / 1000,
-            retry_after_s=retry_after_s,
-            metrics=self.metrics,
-        )
+        self.schedulers = {
+            lane.name: Scheduler(
+                capacity=lane.queue_size,
+                max_batch_images=lane.max_batch_images,
+                batch_wait_s=lane.batch_wait_ms / 1000,
+                retry_after_s=retry_after_s,
+                metrics=self.metrics,
+                lane=lane.name,
+            )
+            for lane in lanes
+        }
+        # One executor per device, shared by the lanes' workers: model replicas load once.
+        executors = {device: executor_factory(device) for device in devices}
         self.workers = [
-            Worker(f"worker-{device}-{i}", device, executor_factory(device), self.scheduler,
-                   self.metrics)
+            Worker(f"{lane.name}-{device}-{i}", device, executors[device],
+                   self.schedulers[lane.name], self.metrics)
+            for lane in lanes
             for device in devices
-            for i in range(workers_per_device)
+            for i in range(lane.workers_per_device)
         ]
         self._supervise_interval_s = supervise_interval_s
         self._stop_supervisor = threading.Event()
         self._supervisor: threading.Thread | None = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The only lane's scheduler (for single-lane pools)."""
+        (only,) = self.schedulers.values()
+        return only
 
     # lifecycle
     def start(self, *, load_timeout_s: float | None = None) -> None:
@@ -171,9 +198,11 @@ class WorkerPool:
         Returns how many accepted items were abandoned (failed with PoolClosed).
         """
         give_up_at = time.monotonic() + grace_s
-        self.scheduler.close()
-        self.scheduler.wait_idle(grace_s)
-        abandoned = self.scheduler.stop()
+        for scheduler in self.schedulers.values():
+            scheduler.close()
+        for scheduler in self.schedulers.values():
+            scheduler.wait_idle(max(0.0, give_up_at - time.monotonic()))
+        abandoned = [item for s in self.schedulers.values() for item in s.stop()]
         for item in abandoned:
             if item.future.set_running_or_notify_cancel():
                 item.future.set_exception(PoolClosed())
@@ -197,7 +226,10 @@ class WorkerPool:
     # work
     def submit(self, item: WorkItem) -> concurrent.futures.Future[Any]:
         """Admit an item (or raise QueueFull / PoolClosed); the future holds its result."""
-        self.scheduler.admit(item)
+        scheduler = self.schedulers.get(item.lane)
+        if scheduler is None:
+            raise LookupError(f"this pool has no lane {item.lane!r}")
+        scheduler.admit(item)
         return item.future
 
     async def run(self, item: WorkItem, timeout_s: float | None = None) -> Any:
@@ -217,5 +249,6 @@ class WorkerPool:
 
     def describe(self) -> list[dict[str, Any]]:
         return [
-            {"name": w.name, "device": w.device, "alive": w.alive} for w in self.workers
+            {"name": w.name, "device": w.device, "lane": w.scheduler.lane, "alive": w.alive}
+            for w in self.workers
         ]

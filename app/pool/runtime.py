@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,9 +11,10 @@ import torch
 from torch import nn
 
 from app.catalog import Catalog, ModelStatus
-from app.engines import gan
-from app.nets.loading import load_gan
-from app.pool.work import GenerateWork, WorkItem
+from app.engines import gan, style
+from app.nets.loading import load_gan, load_vgg
+from app.nets.vgg import VGG19Features
+from app.pool.work import GenerateWork, StylizeWork, WorkItem
 
 log = logging.getLogger("atelier.runtime")
 
@@ -23,6 +25,9 @@ class DeviceRuntime:
         self.catalog = catalog
         self.torch_threads = torch_threads
         self.generators: dict[str, nn.Module] = {}
+        self.vggs: dict[str, VGG19Features] = {}
+        self._lock = threading.Lock()
+        self._loaded = False
 
     def load(self) -> None:
         if self.device.type == "cpu" and self.torch_threads:
@@ -32,23 +37,56 @@ class DeviceRuntime:
             torch.set_num_threads(self.torch_threads)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        for entry in self.catalog.entries():
-            if entry.status is ModelStatus.AVAILABLE and entry.manifest.kind == "gan":
-                self.generators[entry.name] = load_gan(
-                    entry.manifest.architecture, entry.weights, str(self.device)
-                )
-                log.info("loaded %s on %s", entry.name, self.device)
+            torch.backends.cudnn.benchmark = True
+        with self._lock:
+            if self._loaded:
+                return
+            for entry in self.catalog.entries():
+                if entry.status is ModelStatus.AVAILABLE:
+                    self._load_model(entry.name)
+            self._loaded = True
+
+    def _load_model(self, name: str) -> None:
+        entry = self.catalog.entry(name)
+        if entry is None or entry.status is not ModelStatus.AVAILABLE:
+            raise LookupError(f"model {name!r} is not available")
+        if entry.manifest.kind == "gan":
+            self.generators[name] = load_gan(
+                entry.manifest.architecture, entry.weights, str(self.device)
+            )
+        elif entry.manifest.kind == "vgg":
+            self.vggs[name] = load_vgg(entry.manifest.architecture, entry.weights,
+                                       str(self.device))
+        log.info("loaded %s on %s", name, self.device)
+
+    def _model(self, models: dict[str, Any], name: str) -> Any:
+        if name not in models:  # pulled after start-up: load it from disk now, once
+            with self._lock:
+                if name not in models:
+                    self._load_model(name)
+        return models[name]
 
     def run(self, batch: Sequence[WorkItem], max_images: int) -> list[Any]:
         first = batch[0]
         if isinstance(first, GenerateWork):
             return self._generate([w for w in batch if isinstance(w, GenerateWork)], max_images)
+        if isinstance(first, StylizeWork):
+            return [self._stylize(first)]
         raise TypeError(f"no engine for {type(first).__name__}")
 
     def _generate(self, batch: list[GenerateWork], max_images: int) -> list[torch.Tensor]:
-        generator = self.generators.get(batch[0].model)
-        if generator is None:
-            raise LookupError(f"model {batch[0].model!r} is not loaded on {self.device}")
+        generator = self._model(self.generators, batch[0].model)
         latents = torch.cat([w.latents for w in batch])
         images = gan.sample(generator, latents, self.device, max_images)
         return list(images.split([w.size for w in batch]))
+
+    def _stylize(self, work: StylizeWork) -> style.StyleResult:
+        vgg = self._model(self.vggs, work.model)
+        try:
+            return style.stylize(
+                vgg, work.content, work.styles, work.options, device=self.device,
+                on_progress=work.on_progress, should_stop=work.cancel.is_set,
+            )
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # a finished or cancelled job gives its memory back

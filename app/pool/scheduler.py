@@ -26,7 +26,9 @@ class Scheduler:
         batch_wait_s: float,
         retry_after_s: int,
         metrics: PoolMetrics,
+        lane: str = "default",
     ) -> None:
+        self.lane = lane
         self.capacity = capacity
         self.max_batch_images = max_batch_images
         self.batch_wait_s = batch_wait_s
@@ -49,10 +51,10 @@ class Scheduler:
     def admit(self, item: WorkItem) -> None:
         with self._cond:
             if self._closed:
-                self.metrics.rejected.labels("closed").inc()
+                self.metrics.rejected.labels(self.lane, "closed").inc()
                 raise PoolClosed()
             if self._in_flight >= self.capacity:
-                self.metrics.rejected.labels("queue_full").inc()
+                self.metrics.rejected.labels(self.lane, "queue_full").inc()
                 raise QueueFull(self.capacity, self.retry_after_s)
             item.enqueued_at = time.monotonic()
             self._pending.append(item)
@@ -71,7 +73,7 @@ class Scheduler:
             except ValueError:
                 return  # already taken by a worker, which drops it uncomputed
             self._in_flight -= 1
-            self.metrics.dropped.labels("cancelled").inc()
+            self.metrics.dropped.labels(self.lane, "cancelled").inc()
             self._publish()
             self._cond.notify_all()
 
@@ -147,10 +149,10 @@ class Scheduler:
         alive: deque[WorkItem] = deque()
         for item in self._pending:
             if item.future.cancelled():
-                self.metrics.dropped.labels("cancelled").inc()
+                self.metrics.dropped.labels(self.lane, "cancelled").inc()
                 self._in_flight -= 1
             elif item.expired(now):
-                self.metrics.dropped.labels("deadline").inc()
+                self.metrics.dropped.labels(self.lane, "deadline").inc()
                 item.future.set_exception(DeadlineExceeded())
                 self._in_flight -= 1
             else:
@@ -162,9 +164,9 @@ class Scheduler:
         now = time.monotonic()
         for item in batch:
             if not item.future.set_running_or_notify_cancel():
-                self.metrics.dropped.labels("cancelled").inc()
+                self.metrics.dropped.labels(self.lane, "cancelled").inc()
             elif item.expired(now):
-                self.metrics.dropped.labels("deadline").inc()
+                self.metrics.dropped.labels(self.lane, "deadline").inc()
                 item.future.set_exception(DeadlineExceeded())
             else:
                 live.append(item)
@@ -173,5 +175,5 @@ class Scheduler:
         return live
 
     def _publish(self) -> None:
-        self.metrics.queue_length.set(len(self._pending))
-        self.metrics.in_flight.set(self._in_flight)
+        self.metrics.queue_length.labels(self.lane).set(len(self._pending))
+        self.metrics.in_flight.labels(self.lane).set(self._in_flight)

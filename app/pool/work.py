@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from app.engines.style import Progress, StyleOptions
 
 
 @dataclass
@@ -32,6 +35,11 @@ class WorkItem:
     stats: WorkStats = field(default_factory=WorkStats)
 
     @property
+    def lane(self) -> str:
+        """Each lane has its own queue and workers, so one kind of work cannot starve another."""
+        return "default"
+
+    @property
     def size(self) -> int:
         """How many images this item adds to a batch."""
         return 1
@@ -53,9 +61,29 @@ class GenerateWork(WorkItem):
     latents: torch.Tensor
 
     @property
+    def lane(self) -> str:
+        return "generate"
+
+    @property
     def size(self) -> int:
         return int(self.latents.shape[0])
 
     @property
     def batch_key(self) -> Hashable:
         return ("generate", self.model)
+
+
+@dataclass(eq=False, kw_only=True)
+class StylizeWork(WorkItem):
+    """One style-transfer job; the result is an engines.style.StyleResult."""
+
+    model: str
+    content: torch.Tensor  # uint8 [H, W, 3]
+    styles: list[torch.Tensor]
+    options: StyleOptions
+    on_progress: Callable[[Progress], None] | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def lane(self) -> str:
+        return "stylize"

@@ -1,0 +1,310 @@
+"""Neural style transfer (Gatys, Ecker & Bethge 2016) as an optimisation over pixels.
+
+Pure PyTorch: tensors in, tensors out, progress through a callback, cancellation through a
+predicate checked every step. Images are uint8 [H, W, 3] RGB tensors on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from app.nets.vgg import VGG19Features, deepest
+
+Optimizer = Literal["lbfgs", "adam"]
+Init = Literal["content", "noise", "random"]
+PreserveColor = Literal["none", "luminance", "match"]
+
+
+@dataclass(frozen=True)
+class InputSpace:
+    """How a VGG's weights expect pixels: Caffe (BGR 0..255 minus mean) or ImageNet (RGB 0..1)."""
+
+    bgr: bool = True
+    mean: tuple[float, float, float] = (103.939, 116.779, 123.68)  # in the network's order
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    scale: float = 1.0  # pixels are divided by this before mean/std (255 for 0..1 inputs)
+
+    def preprocess(self, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """uint8 [H, W, 3] RGB to a [1, 3, H, W] float network input."""
+        x = image.to(device).permute(2, 0, 1).float().unsqueeze(0) / self.scale
+        if self.bgr:
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+    def deprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """[1, 3, H, W] network input back to uint8 [H, W, 3] RGB on the CPU."""
+        device = x.device
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        y = (x.detach().float() * std + mean) * self.scale
+        if self.bgr:
+            y = y.flip(1)
+        return y.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous().cpu()
+
+    def pixel_bounds(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel [1, 3, 1, 1] limits of valid pixels in network space."""
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return (0 - mean) / std, (255 / self.scale - mean) / std
+
+
+CAFFE = InputSpace()
+
+
+@dataclass(frozen=True)
+class StyleOptions:
+    steps: int = 300
+    size: int = 512
+    content_weight: float = 1.0
+    style_weight: float = 1e3
+    tv_weight: float = 1e-3
+    optimizer: Optimizer = "lbfgs"
+    init: Init = "content"
+    style_scale: float = 1.0
+    style_blend: tuple[float, ...] | None = None
+    preserve_color: PreserveColor = "none"
+    seed: int = 0
+    content_layer: str = "relu4_2"
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    lbfgs_history: int = 100
+    adam_lr: float = 5.0
+    progress_every: int = 10
+    preview_every: int = 0  # 0: no previews
+    preview_size: int = 160
+
+
+@dataclass
+class Losses:
+    content: float
+    style: float
+    tv: float
+    total: float
+
+
+@dataclass
+class Progress:
+    step: int
+    steps: int
+    losses: Losses
+    preview: torch.Tensor | None = None  # uint8 [h, w, 3], when a preview was due
+
+
+@dataclass
+class StyleResult:
+    image: torch.Tensor  # uint8 [H, W, 3]
+    losses: Losses
+    steps: int
+    seconds: float
+    history: list[Losses] = field(default_factory=list)
+
+
+class Cancelled(Exception):
+    """The job was cancelled between two steps."""
+
+
+def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
+    """uint8 [H, W, 3] resized (antialiased) so that max(H, W) == long_side."""
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    if size == (h, w):
+        return image
+    x = image.permute(2, 0, 1).unsqueeze(0).float()
+    y = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous()
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix normalised by C*H*W, always in fp32."""
+    b, c, h, w = features.shape
+    flat = features.float().reshape(b, c, h * w)
+    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (
+        x[..., :, 1:] - x[..., :, :-1]
+    ).pow(2).mean()
+
+
+def match_color(style: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """Recolour `style` so its RGB mean and covariance equal the content's (uint8 images)."""
+    s = style.reshape(-1, 3).double()
+    c = content.reshape(-1, 3).double()
+    s_mean, c_mean = s.mean(0), c.mean(0)
+    s_cov = torch.cov((s - s_mean).T) + 1e-5 * torch.eye(3, dtype=torch.float64)
+    c_cov = torch.cov((c - c_mean).T) + 1e-5 * torch.eye(3, dtype=torch.float64)
+
+    def sqrtm(m: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        values, vectors = torch.linalg.eigh(m)
+        values = values.clamp_min(1e-8).sqrt()
+        if inverse:
+            values = 1 / values
+        return vectors @ torch.diag(values) @ vectors.T
+
+    transform = sqrtm(c_cov) @ sqrtm(s_cov, inverse=True)
+    out = (s - s_mean) @ transform.T + c_mean
+    return out.round().clamp(0, 255).to(torch.uint8).reshape(style.shape)
+
+
+_YCBCR = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
+                       [0.5, -0.418688, -0.081312]], dtype=torch.float64)
+
+
+def keep_luminance(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+    """The result's luminance (Y) with the content's chroma (Cb, Cr)."""
+    r = result.reshape(-1, 3).double() @ _YCBCR.T
+    c = content.reshape(-1, 3).double() @ _YCBCR.T
+    mixed = torch.cat([r[:, :1], c[:, 1:]], dim=1)
+    rgb = mixed @ torch.linalg.inv(_YCBCR).T
+    return rgb.round().clamp(0, 255).to(torch.uint8).reshape(result.shape)
+
+
+class StyleTargets:
+    """Content features and blended Gram targets, computed once per job."""
+
+    def __init__(
+        self, vgg: VGG19Features, space: InputSpace, content: torch.Tensor,
+        styles: Sequence[torch.Tensor], blend: Sequence[float], options: StyleOptions,
+        device: torch.device,
+    ) -> None:
+        with torch.no_grad():
+            x = space.preprocess(content, device)
+            self.content = vgg(x, [options.content_layer])[options.content_layer].float()
+            total = float(sum(blend))
+            grams: dict[str, torch.Tensor] = {}
+            for style, weight in zip(styles, blend, strict=True):
+                feats = vgg(space.preprocess(style, device), options.style_layers)
+                for layer in options.style_layers:
+                    g = gram(feats[layer]) * (weight / total)
+                    grams[layer] = grams[layer] + g if layer in grams else g
+            self.grams = grams
+
+
+def losses(
+    vgg: VGG19Features, x: torch.Tensor, targets: StyleTargets, options: StyleOptions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, content, style, tv) for image x in network space, all fp32."""
+    layers = [options.content_layer, *options.style_layers]
+    feats = vgg(x, layers)
+    content = F.mse_loss(feats[options.content_layer].float(), targets.content)
+    style = sum(
+        (F.mse_loss(gram(feats[layer]), targets.grams[layer]) for layer in options.style_layers),
+        start=torch.zeros((), device=x.device),
+    )
+    tv = total_variation(x.float())
+    total = (options.content_weight * content + options.style_weight * style
+             + options.tv_weight * tv)
+    return total, content, style, tv
+
+
+def initial_image(
+    content: torch.Tensor, options: StyleOptions, space: InputSpace, device: torch.device
+) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+    base = space.preprocess(content, device)
+    if options.init == "content":
+        return base.clone()
+    # Noise in the network's own units: about a quarter of the 0..255 pixel range.
+    sigma = 64.0 / space.scale / float(torch.tensor(space.std).mean())
+    noise = torch.randn(base.shape, generator=generator).to(device) * sigma
+    if options.init == "noise":
+        return base + noise
+    low, high = space.pixel_bounds(device)
+    return ((low + high) / 2 + noise).clamp(low, high)
+
+
+def stylize(
+    vgg: VGG19Features,
+    content: torch.Tensor,
+    styles: Sequence[torch.Tensor],
+    options: StyleOptions,
+    *,
+    device: torch.device,
+    space: InputSpace = CAFFE,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> StyleResult:
+    """Paint `content` in the style of `styles`; returns the image and its final losses."""
+    if not styles:
+        raise ValueError("at least one style image is needed")
+    blend = list(options.style_blend or [1.0] * len(styles))
+    if len(blend) != len(styles):
+        raise ValueError(f"{len(blend)} style_blend weights for {len(styles)} style images")
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    content = resize_long_side(content, options.size)
+    height, width = content.shape[:2]
+    style_side = max(16, round(options.size * options.style_scale))
+    styles = [resize_long_side(s, style_side) for s in styles]
+    if options.preserve_color == "match":
+        styles = [match_color(s, content) for s in styles]
+
+    needed = [options.content_layer, *options.style_layers]
+    if deepest(needed) not in vgg_layers(vgg):
+        raise ValueError("the network is truncated before a layer this job needs")
+    targets = StyleTargets(vgg, space, content, styles, blend, options, device)
+    x = initial_image(content, options, space, device).requires_grad_(True)
+    low, high = space.pixel_bounds(device)
+
+    if options.optimizer == "lbfgs":
+        optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+            [x], lr=1.0, max_iter=1, history_size=options.lbfgs_history,
+            tolerance_grad=0.0, tolerance_change=0.0,
+        )
+    else:
+        optimizer = torch.optim.Adam([x], lr=options.adam_lr / float(torch.tensor(space.std).mean())
+                                     / space.scale)
+    latest: list[torch.Tensor] = []
+    history: list[Losses] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        total, content_loss, style_loss, tv_loss = losses(vgg, x, targets, options)
+        total.backward()
+        latest[:] = [total.detach(), content_loss.detach(), style_loss.detach(),
+                     tv_loss.detach()]
+        return total
+
+    for step in range(1, options.steps + 1):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        optimizer.step(closure)
+        with torch.no_grad():
+            x.clamp_(low, high)  # stay inside displayable pixels
+        report = step % max(1, options.progress_every) == 0 or step == options.steps
+        preview_due = options.preview_every > 0 and (
+            step % options.preview_every == 0 or step == options.steps)
+        if report or preview_due:
+            current = Losses(*(float(v) for v in (latest[1], latest[2], latest[3], latest[0])))
+            if not math.isfinite(current.total):
+                raise FloatingPointError(f"the loss diverged at step {step}")
+            history.append(current)
+            if on_progress is not None:
+                preview = None
+                if preview_due:
+                    preview = resize_long_side(space.deprocess(x), options.preview_size)
+                on_progress(Progress(step, options.steps, current, preview))
+
+    with torch.no_grad():
+        total, content_loss, style_loss, tv_loss = losses(vgg, x, targets, options)
+    final = Losses(float(content_loss), float(style_loss), float(tv_loss), float(total))
+    image = space.deprocess(x)
+    if options.preserve_color == "luminance":
+        image = keep_luminance(image, content)
+    return StyleResult(image, final, options.steps, time.perf_counter() - started, history)
+
+
+def vgg_layers(vgg: VGG19Features) -> list[str]:
+    from app.nets.vgg import relu_name
+
+    return [relu_name(name) for name in vgg.convs]
