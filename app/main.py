@@ -13,14 +13,17 @@ from fastapi_offline import FastAPIOffline
 from app import __version__
 from app.api import problems
 from app.api.disconnect import ClientDisconnected
+from app.api.limits import BodySizeLimit
 from app.api.middleware import AccessLog
-from app.api.routes import generate, system
+from app.api.routes import generate, stylize, system
 from app.catalog import Catalog
 from app.logs import configure
 from app.pool import Executor, Lane, PoolMetrics, WorkerPool
 from app.pool.runtime import DeviceRuntime
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
+from app.services.jobs import JobStore
+from app.services.stylize import StylizeService
 from app.settings import Settings
 
 log = logging.getLogger("atelier")
@@ -30,9 +33,17 @@ Image generation on an async GPU worker pool.
 
 * `POST /generate`: new images from a pretrained GAN (seeds, batches, grids).
 * `POST /generate/interpolate`: a latent walk between two seeds.
+* `POST /stylize`: neural style transfer (Gatys et al.) on the Caffe VGG19, as a job with
+  live progress (`/jobs/{id}`, `/jobs/{id}/events`, `/jobs/{id}/result`).
 
 Every error is an RFC 9457 `application/problem+json` document.
 """
+
+
+async def _purge_expired_jobs(store: JobStore, ttl_s: float) -> None:
+    while True:
+        await asyncio.sleep(min(30.0, max(0.05, ttl_s / 4)))
+        store.purge_expired()
 
 
 def create_app(
@@ -74,11 +85,22 @@ def create_app(
         app.state.catalog = catalog
         app.state.pool = pool
         app.state.generation = GenerationService(catalog, pool, encoder)
+        store = JobStore(max_active=settings.max_active_jobs, max_jobs=settings.max_jobs,
+                         ttl_s=settings.job_ttl_s, results_dir=settings.jobs_dir,
+                         retry_after_s=max(settings.retry_after_s, 5))
+        app.state.stylize = StylizeService(
+            catalog, pool, encoder, store, model=settings.style_model,
+            default_size=settings.default_size, default_steps=settings.default_steps,
+            progress_every=settings.progress_every, max_pixels=settings.max_pixels,
+        )
+        janitor = asyncio.create_task(_purge_expired_jobs(store, settings.job_ttl_s))
         log.info("ready", extra={"fields": {"workers": pool.describe()}})
         try:
             yield
         finally:
+            janitor.cancel()
             abandoned = await asyncio.to_thread(pool.shutdown, settings.shutdown_grace_s)
+            store.close()
             encoder.close()
             log.info("stopped", extra={"fields": {"abandoned": abandoned}})
 
@@ -97,6 +119,8 @@ def create_app(
 
     app.add_exception_handler(ClientDisconnected, on_disconnect)
     app.include_router(generate.router)
+    app.include_router(stylize.router)
     app.include_router(system.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, paths=("/stylize",))
     app.add_middleware(AccessLog, registry=metrics.registry)
     return app

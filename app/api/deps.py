@@ -10,6 +10,7 @@ from app.api.problems import invalid_field
 from app.catalog import Catalog
 from app.pool import WorkerPool
 from app.services.generation import GenerationService
+from app.services.stylize import StylizeService
 from app.settings import Settings
 
 
@@ -29,10 +30,15 @@ def get_generation(request: Request) -> GenerationService:
     return request.app.state.generation
 
 
+def get_stylize(request: Request) -> StylizeService:
+    return request.app.state.stylize
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 PoolDep = Annotated[WorkerPool, Depends(get_pool)]
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]
+StylizeDep = Annotated[StylizeService, Depends(get_stylize)]
 
 
 def request_timeout(

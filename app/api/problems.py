@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.engines.imaging import CorruptImage, ImageTooLarge, NotAnImage
 from app.pool import (
     DeadlineExceeded,
     OutOfMemory,
@@ -18,6 +19,8 @@ from app.pool import (
     WorkerCrashed,
 )
 from app.services.errors import ModelNotFound, ModelUnavailable, WrongModelKind
+from app.services.jobs import JobLimit
+from app.services.stylize import InvalidUpload
 
 log = logging.getLogger("atelier.api")
 
@@ -120,6 +123,21 @@ def from_exception(exc: Exception) -> Problem:
                 503, "Model unavailable", str(exc), type_=problem_type("model-unavailable"),
                 headers={"Retry-After": "60"},
             )
+        case JobLimit():
+            return Problem(
+                503, "Too many jobs", str(exc), type_=problem_type("job-limit"),
+                headers={"Retry-After": str(exc.retry_after_s)},
+            )
+        case InvalidUpload(error=ImageTooLarge()):
+            return Problem(413, "Image too large", str(exc), type_=problem_type("too-many-pixels"),
+                           field=exc.field)
+        case InvalidUpload(error=NotAnImage()):
+            return Problem(415, "Unsupported image", str(exc),
+                           type_=problem_type("unsupported-image"), field=exc.field)
+        case InvalidUpload(error=CorruptImage()) | InvalidUpload():
+            return Problem(422, "Corrupt image", str(exc), type_=problem_type("corrupt-image"),
+                           errors=[{"field": exc.field, "message": str(exc.error),
+                                    "type": "image"}])
         case OutOfMemory():
             return Problem(
                 503, "Out of device memory", str(exc), type_=problem_type("out-of-memory"),
@@ -162,6 +180,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RequestValidationError, on_validation)
     for exc_type in (QueueFull, PoolClosed, DeadlineExceeded, ModelNotFound, ModelUnavailable,
-                     WrongModelKind, OutOfMemory, WorkerCrashed):
+                     WrongModelKind, OutOfMemory, WorkerCrashed, JobLimit, InvalidUpload):
         app.add_exception_handler(exc_type, on_problem)
     app.add_exception_handler(Exception, on_unexpected)

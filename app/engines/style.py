@@ -65,8 +65,8 @@ class StyleOptions:
     steps: int = 300
     size: int = 512
     content_weight: float = 1.0
-    style_weight: float = 1e3
-    tv_weight: float = 1e-3
+    style_weight: float = 30.0
+    tv_weight: float = 1.0
     optimizer: Optimizer = "lbfgs"
     init: Init = "content"
     style_scale: float = 1.0
@@ -111,10 +111,15 @@ class Cancelled(Exception):
     """The job was cancelled between two steps."""
 
 
-def resize_long_side(image: torch.Tensor, long_side: int) -> torch.Tensor:
-    """uint8 [H, W, 3] resized (antialiased) so that max(H, W) == long_side."""
+# VGG19 pools four times before relu5_1: a side under 16 px would vanish.
+MIN_SIDE = 16
+
+
+def resize_long_side(image: torch.Tensor, long_side: int, min_side: int = 1) -> torch.Tensor:
+    """uint8 [H, W, 3] resized (antialiased) so that max(H, W) == long_side, unless that
+    would make the short side smaller than `min_side`."""
     h, w = image.shape[:2]
-    scale = long_side / max(h, w)
+    scale = max(long_side / max(h, w), min_side / min(h, w))
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     if size == (h, w):
         return image
@@ -242,10 +247,9 @@ def stylize(
         raise ValueError(f"{len(blend)} style_blend weights for {len(styles)} style images")
     started = time.perf_counter()
     torch.manual_seed(options.seed)
-    content = resize_long_side(content, options.size)
-    height, width = content.shape[:2]
-    style_side = max(16, round(options.size * options.style_scale))
-    styles = [resize_long_side(s, style_side) for s in styles]
+    content = resize_long_side(content, options.size, MIN_SIDE)
+    style_side = round(options.size * options.style_scale)
+    styles = [resize_long_side(s, style_side, MIN_SIDE) for s in styles]
     if options.preserve_color == "match":
         styles = [match_color(s, content) for s in styles]
 

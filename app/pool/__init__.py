@@ -19,8 +19,8 @@ from app.pool.work import GenerateWork, StylizeWork, WorkItem, WorkStats
 __all__ = [
     "DeadlineExceeded",
     "Executor",
-    "Lane",
     "GenerateWork",
+    "Lane",
     "OutOfMemory",
     "PoolClosed",
     "PoolError",

@@ -82,6 +82,8 @@ class DeviceRuntime:
 
     def _stylize(self, work: StylizeWork) -> style.StyleResult:
         vgg = self._model(self.vggs, work.model)
+        if work.on_start is not None:
+            work.on_start()
         try:
             return style.stylize(
                 vgg, work.content, work.styles, work.options, device=self.device,

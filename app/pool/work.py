@@ -81,6 +81,7 @@ class StylizeWork(WorkItem):
     content: torch.Tensor  # uint8 [H, W, 3]
     styles: list[torch.Tensor]
     options: StyleOptions
+    on_start: Callable[[], None] | None = None
     on_progress: Callable[[Progress], None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
 

