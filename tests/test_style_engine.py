@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from app.catalog import Catalog
-from app.catalog.pull import CONVERTERS
 from app.catalog.manifest import Manifest
+from app.catalog.pull import CONVERTERS
 from app.engines import style
 from app.engines.style import CAFFE, Cancelled, StyleOptions, StyleTargets
 from app.nets.loading import load_vgg
@@ -95,7 +96,7 @@ def test_losses_fall_and_the_result_moves_toward_the_style(vgg: VGG19Features) -
                            replace(BASE, steps=25), device=CPU)
     totals = [h.total for h in result.history]
     assert totals[-1] < 0.5 * totals[0]
-    assert all(b <= a * 1.05 for a, b in zip(totals, totals[1:], strict=False))
+    assert all(b <= a * 1.05 for a, b in itertools.pairwise(totals))
     # the style loss of the content image itself, measured the same way
     content = style.resize_long_side(image("content.jpg"), 48)
     styles = [style.resize_long_side(image("starry.jpg"), 48)]

@@ -88,6 +88,12 @@ class ImageTooLarge(ImageInputError):
 
 
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM",
+               b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_an_image(data: bytes) -> bool:
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 def _to_rgb8(image: Image.Image) -> Image.Image:
@@ -129,6 +135,8 @@ def decode_upload(data: bytes, max_pixels: int) -> torch.Tensor:
     except (UnidentifiedImageError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
         if isinstance(exc, UnidentifiedImageError):
+            if _looks_like_an_image(data):
+                raise CorruptImage("the file starts like an image but cannot be read") from exc
             raise NotAnImage("the file is not an image in a supported format") from exc
         raise ImageTooLarge(-1, max_pixels) from exc
     if image.format not in ACCEPTED_FORMATS:

@@ -86,28 +86,9 @@ class StylizeService:
         return entry.manifest
 
     def options_for(self, request: StyleRequest, manifest: Manifest) -> StyleOptions:
-        d = manifest.defaults
-        base = StyleOptions()
-        return replace(
-            base,
-            steps=request.steps or self.default_steps,
-            size=request.size or self.default_size,
-            content_weight=_pick(request.content_weight, d.get("content_weight"),
-                                 base.content_weight),
-            style_weight=_pick(request.style_weight, d.get("style_weight"), base.style_weight),
-            tv_weight=_pick(request.tv_weight, d.get("tv_weight"), base.tv_weight),
-            adam_lr=float(d.get("adam_lr", base.adam_lr)),
-            content_layer=str(d.get("content_layer", base.content_layer)),
-            style_layers=tuple(d.get("style_layers", base.style_layers)),
-            optimizer=request.optimizer,  # type: ignore[arg-type]
-            init=request.init,  # type: ignore[arg-type]
-            style_scale=request.style_scale,
-            style_blend=request.style_blend,
-            preserve_color=request.preserve_color,  # type: ignore[arg-type]
-            seed=request.seed if request.seed is not None else 0,
-            progress_every=self.progress_every,
-            preview_every=request.preview_every,
-        )
+        return style_options(request, manifest, default_size=self.default_size,
+                             default_steps=self.default_steps,
+                             progress_every=self.progress_every)
 
     async def submit(self, content: bytes, styles: list[bytes], request: StyleRequest) -> Job:
         manifest = self.resolve()
@@ -223,6 +204,35 @@ class StylizeService:
         future = self._futures.get(job.id)
         if future is not None and future.cancel():
             self._end(job, JobStatus.CANCELED)
+
+
+def style_options(
+    request: StyleRequest, manifest: Manifest, *, default_size: int = 512,
+    default_steps: int = 300, progress_every: int = 10,
+) -> StyleOptions:
+    """The engine options of a request: its own values, else the model's, else the engine's."""
+    d = manifest.defaults
+    base = StyleOptions()
+    return replace(
+        base,
+        steps=request.steps or default_steps,
+        size=request.size or default_size,
+        content_weight=_pick(request.content_weight, d.get("content_weight"),
+                             base.content_weight),
+        style_weight=_pick(request.style_weight, d.get("style_weight"), base.style_weight),
+        tv_weight=_pick(request.tv_weight, d.get("tv_weight"), base.tv_weight),
+        adam_lr=float(d.get("adam_lr", base.adam_lr)),
+        content_layer=str(d.get("content_layer", base.content_layer)),
+        style_layers=tuple(d.get("style_layers", base.style_layers)),
+        optimizer=request.optimizer,  # type: ignore[arg-type]
+        init=request.init,  # type: ignore[arg-type]
+        style_scale=request.style_scale,
+        style_blend=request.style_blend,
+        preserve_color=request.preserve_color,  # type: ignore[arg-type]
+        seed=request.seed if request.seed is not None else 0,
+        progress_every=progress_every,
+        preview_every=request.preview_every,
+    )
 
 
 def _pick(*values: Any) -> float:

@@ -1,0 +1,246 @@
+"""POST /stylize and the job API over real HTTP, on the real Caffe VGG19 (tiny sizes)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from app.main import create_app
+from tests.conftest import LiveServer, make_settings, wait_until
+
+DATA = Path(__file__).parent / "data"
+PROBLEM = "application/problem+json"
+ASYNC = {"prefer": "respond-async"}
+
+
+def files(content: bytes | None = None, *styles: bytes) -> list[tuple[str, Any]]:
+    content = content if content is not None else (DATA / "content.jpg").read_bytes()
+    styles = styles or ((DATA / "starry.jpg").read_bytes(),)
+    return [("content", ("content.jpg", content, "image/jpeg"))] + [
+        ("style", (f"style{i}.jpg", s, "image/jpeg")) for i, s in enumerate(styles)
+    ]
+
+
+def events(client: httpx.Client, job_id: str, last: str | None = None) -> list[dict[str, Any]]:
+    headers = {"last-event-id": last} if last else {}
+    parsed: list[dict[str, Any]] = []
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        current: dict[str, Any] = {}
+        for line in response.iter_lines():
+            if not line:
+                if current:
+                    parsed.append(current)
+                current = {}
+            elif line.startswith(("event:", "id:", "data:")):
+                key, _, value = line.partition(":")
+                current[key] = json.loads(value) if key == "data" else value.strip()
+    return parsed
+
+
+@pytest.fixture(scope="module")
+def server(real_catalog: object, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[LiveServer]:
+    settings = make_settings(
+        jobs_dir=tmp_path_factory.mktemp("jobs"), default_size=48, default_steps=8,
+        progress_every=2, max_upload_bytes=200_000, max_pixels=250_000,
+    )
+    with LiveServer(create_app(settings)) as live:
+        yield live
+
+
+def test_a_synchronous_request_answers_with_the_image(server: LiveServer) -> None:
+    with server.client() as client:
+        response = client.post("/stylize", files=files(), data={"size": "40", "steps": "4"})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "image/png"
+        job = client.get(f"/jobs/{response.headers['x-job-id']}").json()
+    image = Image.open(io.BytesIO(response.content))
+    assert max(image.size) == 40
+    assert job["status"] == "succeeded" and job["step"] == 4
+    assert job["options"]["style_weight"] == 30.0  # the model manifest's default
+
+
+def test_async_job_streams_progress_previews_and_a_result(server: LiveServer) -> None:
+    with server.client() as client:
+        accepted = client.post("/stylize", files=files(), headers=ASYNC,
+                               data={"steps": "6", "preview_every": "3", "format": "webp"})
+        assert accepted.status_code == 202
+        assert accepted.headers["preference-applied"] == "respond-async"
+        job_id = accepted.json()["id"]
+        assert accepted.headers["location"] == f"/jobs/{job_id}"
+        assert accepted.json()["status"] in ("queued", "running")
+
+        stream = events(client, job_id)
+        kinds = [e["event"] for e in stream]
+        assert kinds[-1] == "succeeded"
+        assert kinds.count("preview") == 2
+        steps = [e["data"]["step"] for e in stream if e["event"] == "progress"]
+        assert {2, 4, 6} <= set(steps) and steps == sorted(steps)  # at least every 2 steps
+        last_progress = [e for e in stream if e["event"] == "progress"][-1]["data"]
+        assert set(last_progress["losses"]) == {"content", "style", "tv", "total"}
+        preview = next(e for e in stream if e["event"] == "preview")["data"]["data_url"]
+        assert preview.startswith("data:image/jpeg;base64,")
+        ids = [int(e["id"]) for e in stream]
+        assert ids == sorted(ids)
+
+        resumed = events(client, job_id, last=str(ids[-3]))
+        assert [int(e["id"]) for e in resumed] == ids[-2:]
+
+        job = client.get(f"/jobs/{job_id}").json()
+        result = client.get(f"/jobs/{job_id}/result")
+    assert job["status"] == "succeeded" and job["fraction"] == 1.0
+    assert job["created_at"] and job["started_at"] and job["finished_at"]
+    assert job["losses"]["total"] > 0
+    assert result.status_code == 200 and result.headers["content-type"] == "image/webp"
+
+
+def test_unknown_jobs_are_404_and_unfinished_results_409(server: LiveServer) -> None:
+    with server.client() as client:
+        assert client.get("/jobs/nope").status_code == 404
+        assert client.get("/jobs/nope/result").headers["content-type"] == PROBLEM
+        assert client.delete("/jobs/nope").status_code == 404
+        job_id = client.post("/stylize", files=files(), headers=ASYNC,
+                             data={"steps": "400"}).json()["id"]
+        early = client.get(f"/jobs/{job_id}/result")
+        canceled = client.delete(f"/jobs/{job_id}")
+    assert early.status_code == 409 and early.headers["content-type"] == PROBLEM
+    assert canceled.status_code == 200
+
+
+def test_cancelling_a_running_job_stops_it_within_a_step(server: LiveServer) -> None:
+    store = server.app.state.stylize.store
+    with server.client() as client:
+        job_id = client.post("/stylize", files=files(), headers=ASYNC,
+                             data={"steps": "2000"}).json()["id"]
+        wait_until(lambda: (store.get(job_id).step or 0) >= 2, timeout=30)
+        t0 = time.monotonic()
+        answer = client.delete(f"/jobs/{job_id}")
+        stopped_in = time.monotonic() - t0
+        stream = events(client, job_id)
+        result = client.get(f"/jobs/{job_id}/result")
+    assert answer.json()["status"] == "canceled" and stopped_in < 5
+    assert answer.json()["step"] < 2000
+    assert stream[-1]["event"] == "canceled"
+    assert result.status_code == 409
+    wait_until(lambda: server.app.state.pool.schedulers["stylize"].in_flight == 0)
+
+
+def test_a_synchronous_client_that_hangs_up_cancels_its_job(server: LiveServer) -> None:
+    store = server.app.state.stylize.store
+    before = set(store._jobs)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/stylize", files=files(), data={"steps": "2000"}, timeout=1.5)
+    (job_id,) = set(store._jobs) - before
+    wait_until(lambda: store.get(job_id).status.value == "canceled", timeout=15)
+
+
+def test_generate_is_not_starved_by_a_running_style_job(server: LiveServer) -> None:
+    store = server.app.state.stylize.store
+    with server.client() as client:
+        job_id = client.post("/stylize", files=files(), headers=ASYNC,
+                             data={"steps": "2000"}).json()["id"]
+        wait_until(lambda: store.get(job_id).status.value == "running", timeout=30)
+        started = time.monotonic()
+        answers = [client.post("/generate", json={"seed": i}) for i in range(5)]
+        elapsed = time.monotonic() - started
+        still_running = store.get(job_id).status.value
+        client.delete(f"/jobs/{job_id}")
+    assert all(a.status_code == 200 for a in answers)
+    assert still_running == "running"
+    assert elapsed < 10
+
+
+def test_bad_inputs_get_clear_problems(server: LiveServer) -> None:
+    huge = (DATA / "content.jpg").read_bytes() * 100  # ~330 KB > 200 KB limit
+    bomb = io.BytesIO()
+    Image.new("L", (1000, 1000)).save(bomb, "PNG")  # 1 MP > 250 000 pixels, ~1 KB
+    jpeg = (DATA / "content.jpg").read_bytes()
+    cases: list[tuple[dict[str, Any], dict[str, str], int, str | None]] = [
+        ({"files": files(huge)}, {}, 413, None),
+        ({"files": files(bomb.getvalue())}, {}, 413, "content"),
+        ({"files": files(b"GIF89a but not really")}, {}, 422, "content"),
+        ({"files": files(b"plain text, not an image")}, {}, 415, "content"),
+        ({"files": files(None, jpeg[: len(jpeg) // 2])}, {}, 422, "style"),
+        ({"files": files()}, {"steps": "0"}, 422, "steps"),
+        ({"files": files()}, {"size": "99999"}, 422, "size"),
+        ({"files": files()}, {"optimizer": "sgd"}, 422, "optimizer"),
+        ({"files": files()}, {"preserve_color": "sepia"}, 422, "preserve_color"),
+        ({"files": files()}, {"style_blend": "0.5,0.5"}, 422, "style_blend"),
+        ({"files": files()}, {"style_weight": "-1"}, 422, "style_weight"),
+        ({"files": [("style", ("s.jpg", jpeg, "image/jpeg"))]}, {}, 422, "content"),
+    ]
+    with server.client() as client:
+        for request, data, status, field in cases:
+            response = client.post("/stylize", data=data, **request)
+            assert response.status_code == status, (data, field, response.text)
+            assert response.headers["content-type"] == PROBLEM
+            problem = response.json()
+            if field is not None:
+                named = problem.get("field") or [e["field"] for e in problem.get("errors", [])]
+                assert field in named, problem
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_reading(server: LiveServer) -> None:
+    """The client sends 300 KB of a never-ending chunked upload (limit 200 KB) and then
+    waits: the 413 must come while the body is still incomplete."""
+    head = (b"POST /stylize HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=zzz\r\n\r\n")
+    part = (b'--zzz\r\ncontent-disposition: form-data; name="content"; filename="a.jpg"'
+            b"\r\ncontent-type: image/jpeg\r\n\r\n")
+    chunk = b"x" * 10_000
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        raw.sendall(head + b"%x\r\n%s\r\n" % (len(part), part))
+        for _ in range(30):
+            raw.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = raw.recv(65536)
+            if not data:
+                break
+            answer += data
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert b" 413 " in status_line
+    assert b"application/problem+json" in rest
+
+
+def test_job_limits_and_ttl(real_catalog: object, tmp_path: Path) -> None:
+    settings = make_settings(jobs_dir=tmp_path / "jobs", max_active_jobs=1, job_ttl_s=0.5,
+                             default_size=32, default_steps=2)
+    with LiveServer(create_app(settings)) as live, live.client() as client:
+        long_job = client.post("/stylize", files=files(), headers=ASYNC,
+                               data={"steps": "2000"}).json()["id"]
+        refused = client.post("/stylize", files=files(), headers=ASYNC)
+        assert refused.status_code == 503 and refused.headers["content-type"] == PROBLEM
+        assert int(refused.headers["retry-after"]) > 0
+        client.delete(f"/jobs/{long_job}")
+
+        done = client.post("/stylize", files=files())
+        assert done.status_code == 200
+        job_id = done.headers["x-job-id"]
+        result_files = list((tmp_path / "jobs").iterdir())
+        assert len(result_files) == 1
+        time.sleep(1.2)
+        assert client.get(f"/jobs/{job_id}").status_code == 404
+        assert client.get(f"/jobs/{job_id}/result").status_code == 404
+        assert not result_files[0].exists()
+
+
+def test_concurrent_jobs_each_finish(server: LiveServer) -> None:
+    def one(seed: int) -> int:
+        with server.client() as client:
+            return client.post("/stylize", files=files(),
+                               data={"steps": "2", "size": "32", "seed": str(seed)}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(one, range(3))) == [200, 200, 200]
