@@ -15,7 +15,7 @@ from app.api import problems
 from app.api.disconnect import ClientDisconnected
 from app.api.limits import BodySizeLimit
 from app.api.middleware import AccessLog
-from app.api.routes import generate, stylize, system
+from app.api.routes import generate, studio, stylize, system
 from app.catalog import Catalog
 from app.logs import configure
 from app.pool import Executor, Lane, PoolMetrics, WorkerPool
@@ -121,6 +121,8 @@ def create_app(
     app.include_router(generate.router)
     app.include_router(stylize.router)
     app.include_router(system.router)
+    app.include_router(studio.router)
+    app.mount("/studio", studio.assets, name="studio")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, paths=("/stylize",))
     app.add_middleware(AccessLog, registry=metrics.registry)
     return app

@@ -15,6 +15,16 @@ class _TooLarge(HTTPException):
         super().__init__(413, f"the request body exceeds {max_bytes} bytes")
 
 
+DRAIN_FACTOR = 4
+
+
+async def _drain(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 class BodySizeLimit:
     """413 problem+json for bodies over `max_bytes` on the given path prefixes.
 
@@ -33,6 +43,10 @@ class BodySizeLimit:
             return
         for key, value in scope.get("headers", []):
             if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                if int(value) <= self.max_bytes * DRAIN_FACTOR:
+                    # Browsers cannot stop an upload to read an early answer: a modest
+                    # excess is read and thrown away so that they see the 413, not a reset.
+                    await _drain(receive)
                 await self._refuse(scope, send)
                 return
         received = 0

@@ -1,0 +1,131 @@
+"""Style-transfer timing: per step, per job, final loss, peak memory; optionally side by side
+with the textbook loop (`--baseline`), all in one process on one device.
+
+    python bench/stylize.py --size 256 --steps 100 --baseline          # CPU here
+    python bench/stylize.py --size 512 --steps 500 --baseline          # on a GPU
+
+"final loss" is the textbook loss (fp32) of each final image, so the rows compare fairly.
+The first run on a device also pays for warm-up (cuDNN autotuning): `--warmup` steps of each
+configuration run before the timed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.catalog import Catalog  # noqa: E402
+from app.engines.style import StyleOptions, resize_long_side, stylize  # noqa: E402
+from app.nets.loading import load_vgg  # noqa: E402
+from app.nets.vgg import VGG19Features  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from bench.textbook import reference_loss, textbook  # noqa: E402
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "images"
+
+
+def load(path: Path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path).convert("RGB")))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def timed(device: torch.device, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, int]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    image = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    return image, seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--content", type=Path, default=SHARED / "tubingen.jpg")
+    parser.add_argument("--style", type=Path, default=SHARED / "starry_night.jpg")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--style-weight", type=float, default=1e3,
+                        help="1e3 with no TV: the setting of shared/notes/gpu-measurements.md")
+    parser.add_argument("--tv-weight", type=float, default=0.0)
+    parser.add_argument("--device", default="", help="cpu, cuda:0 (default: ATELIER_DEVICES)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU torch threads (0: default)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--baseline", action="store_true", help="also run the textbook loop")
+    parser.add_argument("--optimizers", default="lbfgs,adam")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = Settings()
+    device = torch.device(args.device or settings.device_list()[0])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    entry = Catalog(settings.catalog_dir, settings.model_dir).entry(settings.style_model)
+    assert entry is not None and entry.status.value == "available", "atelier models pull"
+    vgg: VGG19Features = load_vgg(entry.manifest.architecture, entry.weights, str(device))
+    content = resize_long_side(load(args.content), args.size, 16)
+    style = resize_long_side(load(args.style), args.size, 16)
+    h, w = content.shape[:2]
+
+    def score(image: torch.Tensor) -> float:
+        return reference_loss(vgg, image, content, style, device, args.style_weight,
+                              args.tv_weight)
+
+    configs: dict[str, Callable[[int], torch.Tensor]] = {}
+    if args.baseline:
+        configs["textbook (torch.optim.LBFGS, history 100)"] = lambda steps: textbook(
+            vgg, content, style, steps, device, args.style_weight, args.tv_weight)
+    for optimizer in args.optimizers.split(","):
+        options = StyleOptions(steps=args.steps, size=args.size, content_weight=1.0,
+                               style_weight=args.style_weight, tv_weight=args.tv_weight,
+                               optimizer=optimizer,  # type: ignore[arg-type]
+                               progress_every=args.steps)
+        configs[f"atelier engine ({optimizer})"] = (
+            lambda steps, o=options: stylize(vgg, content, [style], replace(o, steps=steps),
+                                             device=device).image)
+
+    print(f"# {device_name(device)}; {w}x{h}, {args.steps} steps, style weight "
+          f"{args.style_weight:g}, tv {args.tv_weight:g}; torch {torch.__version__}")
+    print("| configuration | seconds | ms/step | steps/s | final loss | loss vs textbook "
+          "| speed vs textbook | peak GPU MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    baseline: tuple[float, float] | None = None
+    for name, run in configs.items():
+        if args.warmup:
+            run(args.warmup)
+        image, seconds, peak = timed(device, lambda r=run: r(args.steps))
+        loss = score(image)
+        if baseline is None and name.startswith("textbook"):
+            baseline = (seconds, loss)
+        loss_ratio = f"{loss / baseline[1]:.3f}" if baseline else "-"
+        speed = f"{baseline[0] / seconds:.2f}x" if baseline else "-"
+        print(f"| {name} | {seconds:.2f} | {seconds / args.steps * 1000:.1f} | "
+              f"{args.steps / seconds:.1f} | {loss:.5g} | {loss_ratio} | {speed} | "
+              f"{peak / 2**20:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
