@@ -247,7 +247,8 @@ function follow(jobId) {
     const link = $("st-download");
     link.href = result.src;
     link.hidden = false;
-    $("st-status").textContent = `Done in ${data.seconds} s. ` + $("st-status").textContent;
+    $("st-status").textContent = `Done in ${Number(data.seconds).toFixed(1)} s. ` +
+      $("st-status").textContent;
     finish();
   });
   events.addEventListener("failed", (e) => {
