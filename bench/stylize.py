@@ -25,12 +25,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.catalog import Catalog  # noqa: E402
-from app.engines.style import StyleOptions, resize_long_side, stylize  # noqa: E402
-from app.nets.loading import load_vgg  # noqa: E402
-from app.nets.vgg import VGG19Features  # noqa: E402
-from app.settings import Settings  # noqa: E402
-from bench.textbook import reference_loss, textbook  # noqa: E402
+from app.catalog import Catalog
+from app.engines.style import StyleOptions, resize_long_side, stylize
+from app.nets.loading import load_vgg
+from app.nets.vgg import VGG19Features
+from app.settings import Settings
+from bench.textbook import reference_loss, textbook
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "images"
 
