@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from app.engines.lbfgs import BatchedLBFGS
 from app.nets.vgg import VGG19Features, deepest
 
 Optimizer = Literal["lbfgs", "adam"]
@@ -260,36 +261,33 @@ def stylize(
     x = initial_image(content, options, space, device).requires_grad_(True)
     low, high = space.pixel_bounds(device)
 
-    if options.optimizer == "lbfgs":
-        optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-            [x], lr=1.0, max_iter=1, history_size=options.lbfgs_history,
-            tolerance_grad=0.0, tolerance_change=0.0,
-        )
-    else:
-        optimizer = torch.optim.Adam([x], lr=options.adam_lr / float(torch.tensor(space.std).mean())
-                                     / space.scale)
-    latest: list[torch.Tensor] = []
+    lbfgs = BatchedLBFGS(x, history=options.lbfgs_history) if options.optimizer == "lbfgs" \
+        else None
+    adam = None if lbfgs else torch.optim.Adam(
+        [x], lr=options.adam_lr / float(torch.tensor(space.std).mean()) / space.scale)
     history: list[Losses] = []
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        total, content_loss, style_loss, tv_loss = losses(vgg, x, targets, options)
-        total.backward()
-        latest[:] = [total.detach(), content_loss.detach(), style_loss.detach(),
-                     tv_loss.detach()]
-        return total
 
     for step in range(1, options.steps + 1):
         if should_stop is not None and should_stop():
             raise Cancelled()
-        optimizer.step(closure)
-        with torch.no_grad():
-            x.clamp_(low, high)  # stay inside displayable pixels
+        x.grad = None
+        total, content_loss, style_loss, tv_loss = losses(vgg, x, targets, options)
+        total.backward()
+        assert x.grad is not None
+        if lbfgs is not None:
+            lbfgs.step(x, x.grad, bounds=(low, high))
+        else:
+            assert adam is not None
+            adam.step()
+            with torch.no_grad():
+                x.clamp_(low, high)  # stay inside displayable pixels
+        # Reading a loss forces a device sync: only at report steps.
         report = step % max(1, options.progress_every) == 0 or step == options.steps
         preview_due = options.preview_every > 0 and (
             step % options.preview_every == 0 or step == options.steps)
         if report or preview_due:
-            current = Losses(*(float(v) for v in (latest[1], latest[2], latest[3], latest[0])))
+            current = Losses(*(float(v.detach()) for v in (content_loss, style_loss, tv_loss,
+                                                            total)))
             if not math.isfinite(current.total):
                 raise FloatingPointError(f"the loss diverged at step {step}")
             history.append(current)
