@@ -92,6 +92,7 @@ def create_app(
             catalog, pool, encoder, store, model=settings.style_model,
             default_size=settings.default_size, default_steps=settings.default_steps,
             progress_every=settings.progress_every, max_pixels=settings.max_pixels,
+            precision=settings.style_precision, channels_last=settings.style_channels_last,
         )
         janitor = asyncio.create_task(_purge_expired_jobs(store, settings.job_ttl_s))
         log.info("ready", extra={"fields": {"workers": pool.describe()}})

@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_steps: int = Field(2000, ge=1, description="Largest `steps` of a style job.")
     default_size: int = Field(512, ge=16, description="`size` when a request gives none.")
     default_steps: int = Field(300, ge=1, description="`steps` when a request gives none.")
+    style_precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="Convolution precision of style jobs (Gram and losses stay fp32)."
+    )
+    style_channels_last: bool = Field(
+        False, description="Run style jobs' VGG in channels_last memory format."
+    )
     progress_every: int = Field(
         10, ge=1, description="Steps between progress events of a style job."
     )

@@ -195,3 +195,61 @@ def test_gpu_run_is_finite_and_matches_cpu_loss(vgg: VGG19Features) -> None:
     cpu_result = run(vgg)
     assert np.isfinite(result.losses.total)
     assert abs(result.losses.total - cpu_result.losses.total) < 0.05 * cpu_result.losses.total
+
+
+def test_style_targets_are_cached_across_jobs(vgg: VGG19Features) -> None:
+    cache = style.GramCache(capacity=2)
+    options = replace(BASE, steps=3)
+    uncached = run(vgg, options).image
+    first = style.stylize(vgg, image("content.jpg"), [image("starry.jpg")], options,
+                          device=CPU, gram_cache=cache)
+    assert (cache.hits, cache.misses) == (0, 1)
+    calls: list[int] = []
+    original = vgg.forward
+
+    def counting(x: torch.Tensor, layers: object) -> dict[str, torch.Tensor]:
+        calls.append(1)
+        return original(x, layers)  # type: ignore[arg-type]
+
+    vgg.forward = counting  # type: ignore[method-assign]
+    try:
+        second = style.stylize(vgg, image("content.jpg"), [image("starry.jpg")], options,
+                               device=CPU, gram_cache=cache)
+    finally:
+        del vgg.forward
+    assert cache.hits == 1
+    assert len(calls) == 1 + options.steps + 1  # content target, steps, final score: no style
+    assert torch.equal(first.image, uncached) and torch.equal(second.image, uncached)
+    # a different size is a different key
+    style.stylize(vgg, image("content.jpg"), [image("starry.jpg")], replace(options, size=40),
+                  device=CPU, gram_cache=cache)
+    assert cache.misses == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_every_precision_stays_finite_and_keeps_gram_in_fp32(
+    vgg: VGG19Features, precision: str
+) -> None:
+    options = replace(BASE, steps=4, precision=precision, channels_last=True)  # type: ignore[arg-type]
+    result = run(vgg, options)
+    assert np.isfinite([result.losses.content, result.losses.style, result.losses.total]).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = style.gram(torch.randn(1, 8, 4, 4))
+    assert g.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_bf16_on_gpu_is_finite_and_close_to_fp32(vgg: VGG19Features) -> None:
+    gpu = torch.device("cuda")
+    net = VGG19Features()
+    net.load_state_dict(vgg.state_dict(), strict=False)
+    net = net.to(gpu).requires_grad_(False)
+    options = replace(BASE, steps=30, size=128)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        result = style.stylize(net, image("content.jpg"), [image("starry.jpg")],
+                               replace(options, precision=precision, channels_last=True),  # type: ignore[arg-type]
+                               device=gpu)
+        assert np.isfinite(result.losses.total)
+        losses[precision] = result.losses.total
+    assert losses["bf16"] < 1.5 * losses["fp32"]

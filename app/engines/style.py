@@ -6,8 +6,11 @@ predicate checked every step. Images are uint8 [H, W, 3] RGB tensors on the CPU.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,6 +22,7 @@ from app.engines.lbfgs import BatchedLBFGS
 from app.nets.vgg import VGG19Features, deepest
 
 Optimizer = Literal["lbfgs", "adam"]
+Precision = Literal["fp32", "bf16"]
 Init = Literal["content", "noise", "random"]
 PreserveColor = Literal["none", "luminance", "match"]
 
@@ -77,6 +81,10 @@ class StyleOptions:
     content_layer: str = "relu4_2"
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     lbfgs_history: int = 100
+    # bf16 autocast runs the convolutions in bfloat16; Gram matrices and losses stay fp32
+    # (fp16 overflows in the Gram matrix). channels_last suits tensor cores on GPUs.
+    precision: Precision = "fp32"
+    channels_last: bool = False
     adam_lr: float = 5.0
     progress_every: int = 10
     preview_every: int = 0  # 0: no previews
@@ -130,10 +138,20 @@ def resize_long_side(image: torch.Tensor, long_side: int, min_side: int = 1) -> 
 
 
 def gram(features: torch.Tensor) -> torch.Tensor:
-    """Gram matrix normalised by C*H*W, always in fp32."""
+    """Gram matrix normalised by C*H*W, always in fp32 (also under autocast)."""
     b, c, h, w = features.shape
-    flat = features.float().reshape(b, c, h * w)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+    with torch.autocast(features.device.type, enabled=False):
+        flat = features.float().reshape(b, c, h * w)
+        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def features(vgg: VGG19Features, x: torch.Tensor, layers: Sequence[str],
+             options: StyleOptions) -> dict[str, torch.Tensor]:
+    if options.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                        enabled=options.precision == "bf16"):
+        return vgg(x, layers)
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -175,25 +193,79 @@ def keep_luminance(result: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     return rgb.round().clamp(0, 255).to(torch.uint8).reshape(result.shape)
 
 
+class GramCache:
+    """Gram matrices of style images, shared across jobs (a popular style is analysed once).
+
+    Keyed by the network, the exact pixels of the resized style image, its input space and
+    the layers; least recently used entries go first. Thread-safe.
+    """
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[tuple[object, ...], dict[str, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(vgg: VGG19Features, style: torch.Tensor, space: InputSpace,
+            options: StyleOptions) -> tuple[object, ...]:
+        digest = hashlib.sha256(style.contiguous().numpy().tobytes()).hexdigest()
+        return (id(vgg), digest, tuple(style.shape), space, tuple(options.style_layers),
+                options.precision)
+
+    def get(self, key: tuple[object, ...]) -> dict[str, torch.Tensor] | None:
+        with self._lock:
+            grams = self._entries.get(key)
+            if grams is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return grams
+
+    def put(self, key: tuple[object, ...], grams: dict[str, torch.Tensor]) -> None:
+        with self._lock:
+            self._entries[key] = grams
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+
 class StyleTargets:
     """Content features and blended Gram targets, computed once per job."""
 
     def __init__(
         self, vgg: VGG19Features, space: InputSpace, content: torch.Tensor,
         styles: Sequence[torch.Tensor], blend: Sequence[float], options: StyleOptions,
-        device: torch.device,
+        device: torch.device, cache: GramCache | None = None,
     ) -> None:
         with torch.no_grad():
             x = space.preprocess(content, device)
-            self.content = vgg(x, [options.content_layer])[options.content_layer].float()
+            self.content = features(vgg, x, [options.content_layer], options)[
+                options.content_layer].float()
             total = float(sum(blend))
             grams: dict[str, torch.Tensor] = {}
             for style, weight in zip(styles, blend, strict=True):
-                feats = vgg(space.preprocess(style, device), options.style_layers)
+                per_style = self._style_grams(vgg, space, style, options, device, cache)
                 for layer in options.style_layers:
-                    g = gram(feats[layer]) * (weight / total)
+                    g = per_style[layer] * (weight / total)
                     grams[layer] = grams[layer] + g if layer in grams else g
             self.grams = grams
+
+    @staticmethod
+    def _style_grams(
+        vgg: VGG19Features, space: InputSpace, style: torch.Tensor, options: StyleOptions,
+        device: torch.device, cache: GramCache | None,
+    ) -> dict[str, torch.Tensor]:
+        key = GramCache.key(vgg, style, space, options) if cache is not None else None
+        if cache is not None and key is not None and (cached := cache.get(key)) is not None:
+            return cached
+        feats = features(vgg, space.preprocess(style, device), options.style_layers, options)
+        grams = {layer: gram(feats[layer]) for layer in options.style_layers}
+        if cache is not None and key is not None:
+            cache.put(key, grams)
+        return grams
 
 
 def losses(
@@ -201,7 +273,7 @@ def losses(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, content, style, tv) for image x in network space, all fp32."""
     layers = [options.content_layer, *options.style_layers]
-    feats = vgg(x, layers)
+    feats = features(vgg, x, layers, options)
     content = F.mse_loss(feats[options.content_layer].float(), targets.content)
     style = sum(
         (F.mse_loss(gram(feats[layer]), targets.grams[layer]) for layer in options.style_layers),
@@ -239,6 +311,7 @@ def stylize(
     space: InputSpace = CAFFE,
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    gram_cache: GramCache | None = None,
 ) -> StyleResult:
     """Paint `content` in the style of `styles`; returns the image and its final losses."""
     if not styles:
@@ -257,7 +330,7 @@ def stylize(
     needed = [options.content_layer, *options.style_layers]
     if deepest(needed) not in vgg_layers(vgg):
         raise ValueError("the network is truncated before a layer this job needs")
-    targets = StyleTargets(vgg, space, content, styles, blend, options, device)
+    targets = StyleTargets(vgg, space, content, styles, blend, options, device, gram_cache)
     x = initial_image(content, options, space, device).requires_grad_(True)
     low, high = space.pixel_bounds(device)
 

@@ -26,6 +26,7 @@ class DeviceRuntime:
         self.torch_threads = torch_threads
         self.generators: dict[str, nn.Module] = {}
         self.vggs: dict[str, VGG19Features] = {}
+        self.gram_cache = style.GramCache()
         self._lock = threading.Lock()
         self._loaded = False
 
@@ -88,6 +89,7 @@ class DeviceRuntime:
             return style.stylize(
                 vgg, work.content, work.styles, work.options, device=self.device,
                 on_progress=work.on_progress, should_stop=work.cancel.is_set,
+                gram_cache=self.gram_cache,
             )
         finally:
             if self.device.type == "cuda":

@@ -62,8 +62,10 @@ class StylizeService:
     def __init__(
         self, catalog: Catalog, pool: WorkerPool, encoder: Encoder, store: JobStore, *,
         model: str, default_size: int, default_steps: int, progress_every: int,
-        max_pixels: int,
+        max_pixels: int, precision: str = "fp32", channels_last: bool = False,
     ) -> None:
+        self.precision = precision
+        self.channels_last = channels_last
         self.catalog = catalog
         self.pool = pool
         self.encoder = encoder
@@ -88,7 +90,8 @@ class StylizeService:
     def options_for(self, request: StyleRequest, manifest: Manifest) -> StyleOptions:
         return style_options(request, manifest, default_size=self.default_size,
                              default_steps=self.default_steps,
-                             progress_every=self.progress_every)
+                             progress_every=self.progress_every, precision=self.precision,
+                             channels_last=self.channels_last)
 
     async def submit(self, content: bytes, styles: list[bytes], request: StyleRequest) -> Job:
         manifest = self.resolve()
@@ -208,7 +211,8 @@ class StylizeService:
 
 def style_options(
     request: StyleRequest, manifest: Manifest, *, default_size: int = 512,
-    default_steps: int = 300, progress_every: int = 10,
+    default_steps: int = 300, progress_every: int = 10, precision: str = "fp32",
+    channels_last: bool = False,
 ) -> StyleOptions:
     """The engine options of a request: its own values, else the model's, else the engine's."""
     d = manifest.defaults
@@ -232,6 +236,8 @@ def style_options(
         seed=request.seed if request.seed is not None else 0,
         progress_every=progress_every,
         preview_every=request.preview_every,
+        precision=precision,  # type: ignore[arg-type]
+        channels_last=channels_last,
     )
 
 
