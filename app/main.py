@@ -74,7 +74,7 @@ def create_app(
                 # Style jobs run in a lane of their own, so a long job never holds up
                 # /generate: the two lanes' workers interleave on the device.
                 Lane("stylize", settings.stylize_workers_per_device, settings.max_active_jobs,
-                     1, 0.0),
+                     settings.style_batch(), settings.style_batch_wait_ms),
             ],
             retry_after_s=settings.retry_after_s,
             metrics=metrics,

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     max_steps: int = Field(2000, ge=1, description="Largest `steps` of a style job.")
     default_size: int = Field(512, ge=16, description="`size` when a request gives none.")
     default_steps: int = Field(300, ge=1, description="`steps` when a request gives none.")
+    style_batch_size: int = Field(
+        0, ge=0, le=64,
+        description="Style jobs of one output size optimised together (0: 8 on GPUs, 1 on CPU).",
+    )
+    style_batch_wait_ms: float = Field(
+        20.0, ge=0, description="How long a style worker waits for jobs to batch with."
+    )
     style_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="Convolution precision of style jobs (Gram and losses stay fp32)."
     )
@@ -93,6 +100,11 @@ class Settings(BaseSettings):
     default_model: str = Field("dcgan-faces-64", description="Model used when none is named.")
     log_format: Literal["json", "text"] = Field("json", description="Access/app log format.")
     log_level: str = Field("INFO", description="Python logging level.")
+
+    def style_batch(self) -> int:
+        if self.style_batch_size:
+            return self.style_batch_size
+        return 8 if any(d.startswith("cuda") for d in self.device_list()) else 1
 
     def device_list(self) -> list[str]:
         """Resolve `devices` to concrete torch device strings."""

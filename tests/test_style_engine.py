@@ -253,3 +253,55 @@ def test_bf16_on_gpu_is_finite_and_close_to_fp32(vgg: VGG19Features) -> None:
         assert np.isfinite(result.losses.total)
         losses[precision] = result.losses.total
     assert losses["bf16"] < 1.5 * losses["fp32"]
+
+
+def test_batched_jobs_match_the_same_jobs_alone(vgg: VGG19Features) -> None:
+    first = replace(BASE, steps=8, style_weight=20.0, progress_every=4)
+    second = replace(first, style_weight=200.0, init="noise", seed=5, tv_weight=10.0,
+                     preserve_color="luminance")
+    jobs = [style.StyleJob(image("content.jpg"), [image("starry.jpg")], first),
+            style.StyleJob(image("content.jpg"), [image("wave.jpg")], second)]
+    together = style.stylize_batch(vgg, jobs, device=CPU)
+    for job, batched in zip(jobs, together, strict=True):
+        alone = style.stylize(vgg, job.content, job.styles, job.options, device=CPU)
+        assert isinstance(batched, style.StyleResult)
+        assert abs(batched.losses.total - alone.losses.total) <= 0.02 * alone.losses.total
+        assert (batched.image.float() - alone.image.float()).abs().mean() < 1.0
+
+
+def test_a_cancelled_job_leaves_the_batch_and_the_others_finish(vgg: VGG19Features) -> None:
+    calls = iter(range(1000))
+    steps_seen: list[int] = []
+    jobs = [
+        style.StyleJob(image("content.jpg"), [image("starry.jpg")], replace(BASE, steps=6),
+                       should_stop=lambda: next(calls) >= 2),
+        style.StyleJob(image("content.jpg"), [image("wave.jpg")], replace(BASE, steps=6),
+                       on_progress=lambda p: steps_seen.append(p.step)),
+    ]
+    cancelled, finished = style.stylize_batch(vgg, jobs, device=CPU)
+    assert isinstance(cancelled, Cancelled)
+    assert isinstance(finished, style.StyleResult) and finished.steps == 6
+    assert steps_seen == [1, 2, 3, 4, 5, 6]
+
+
+def test_jobs_of_different_sizes_cannot_share_a_batch(vgg: VGG19Features) -> None:
+    jobs = [style.StyleJob(image("content.jpg"), [image("starry.jpg")], BASE),
+            style.StyleJob(image("content.jpg"), [image("starry.jpg")], replace(BASE, size=32))]
+    with pytest.raises(ValueError, match="share output size"):
+        style.stylize_batch(vgg, jobs, device=CPU)
+
+
+@pytest.mark.gpu
+def test_batching_on_gpu_reaches_the_loss_of_each_job_alone(vgg: VGG19Features) -> None:
+    gpu = torch.device("cuda")
+    net = VGG19Features()
+    net.load_state_dict(vgg.state_dict(), strict=False)
+    net = net.to(gpu).requires_grad_(False)
+    options = replace(BASE, steps=50, size=128)
+    jobs = [style.StyleJob(image("content.jpg"), [image(name)], options)
+            for name in ("starry.jpg", "wave.jpg", "starry.jpg", "wave.jpg")]
+    together = style.stylize_batch(net, jobs, device=gpu)
+    for job, batched in zip(jobs, together, strict=True):
+        alone = style.stylize(net, job.content, job.styles, job.options, device=gpu)
+        assert isinstance(batched, style.StyleResult)
+        assert abs(batched.losses.total - alone.losses.total) <= 0.02 * alone.losses.total

@@ -244,3 +244,23 @@ def test_concurrent_jobs_each_finish(server: LiveServer) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         assert list(pool.map(one, range(3))) == [200, 200, 200]
+
+
+def test_concurrent_jobs_of_one_size_share_a_batch(real_catalog: object, tmp_path: Path
+                                                   ) -> None:
+    settings = make_settings(jobs_dir=tmp_path / "jobs", style_batch_size=4,
+                             style_batch_wait_ms=500, default_size=40, progress_every=2)
+    with LiveServer(create_app(settings)) as live, live.client() as client:
+        pool = live.app.state.pool
+        ids = [client.post("/stylize", files=files(), headers=ASYNC,
+                           data={"steps": steps, "seed": str(i)}).json()["id"]
+               for i, steps in enumerate(["6", "6", "6"])]
+        client.delete(f"/jobs/{ids[2]}")  # may leave the batch mid-run, or never start
+        finals = [events(client, job_id)[-1]["event"] for job_id in ids]
+        batched = pool.metrics.batch_images.labels("StylizeWork")
+    assert finals == ["succeeded", "succeeded", "canceled"]
+    assert batched._sum.get() >= 2 and batched._sum.get() / max(1, _count(batched)) > 1
+
+
+def _count(histogram: Any) -> float:
+    return sum(bucket.get() for bucket in histogram._buckets)

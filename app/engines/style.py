@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from app.engines.lbfgs import BatchedLBFGS
+from app.engines.optim import BatchedAdam, BatchedLBFGS
 from app.nets.vgg import VGG19Features, deepest
 
 Optimizer = Literal["lbfgs", "adam"]
@@ -268,21 +268,36 @@ class StyleTargets:
         return grams
 
 
+def batch_losses(
+    vgg: VGG19Features, x: torch.Tensor, content_target: torch.Tensor,
+    grams: dict[str, torch.Tensor], weights: torch.Tensor, options: StyleOptions,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image (total, content, style, tv) for a batch x [B, 3, H, W], all fp32 [B].
+
+    `weights` [B, 3] holds each image's content, style and TV weights.
+    """
+    layers = [options.content_layer, *options.style_layers]
+    feats = features(vgg, x, layers, options)
+    content = (feats[options.content_layer].float() - content_target).pow(2).mean(dim=(1, 2, 3))
+    style = torch.zeros(x.shape[0], device=x.device)
+    for layer in options.style_layers:
+        style = style + (gram(feats[layer]) - grams[layer]).pow(2).mean(dim=(1, 2))
+    xf = x.float()
+    tv = (xf[..., 1:, :] - xf[..., :-1, :]).pow(2).mean(dim=(1, 2, 3)) + (
+        xf[..., :, 1:] - xf[..., :, :-1]).pow(2).mean(dim=(1, 2, 3))
+    total = weights[:, 0] * content + weights[:, 1] * style + weights[:, 2] * tv
+    return total, content, style, tv
+
+
 def losses(
     vgg: VGG19Features, x: torch.Tensor, targets: StyleTargets, options: StyleOptions
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, content, style, tv) for image x in network space, all fp32."""
-    layers = [options.content_layer, *options.style_layers]
-    feats = features(vgg, x, layers, options)
-    content = F.mse_loss(feats[options.content_layer].float(), targets.content)
-    style = sum(
-        (F.mse_loss(gram(feats[layer]), targets.grams[layer]) for layer in options.style_layers),
-        start=torch.zeros((), device=x.device),
-    )
-    tv = total_variation(x.float())
-    total = (options.content_weight * content + options.style_weight * style
-             + options.tv_weight * tv)
-    return total, content, style, tv
+    """(total, content, style, tv) of one image x [1, 3, H, W], as fp32 scalars."""
+    weights = torch.tensor([[options.content_weight, options.style_weight, options.tv_weight]],
+                           device=x.device)
+    total, content, style, tv = batch_losses(vgg, x, targets.content, targets.grams, weights,
+                                             options)
+    return total[0], content[0], style[0], tv[0]
 
 
 def initial_image(
@@ -301,6 +316,172 @@ def initial_image(
     return ((low + high) / 2 + noise).clamp(low, high)
 
 
+@dataclass
+class StyleJob:
+    """One image to paint, as the batch engine takes it."""
+
+    content: torch.Tensor
+    styles: Sequence[torch.Tensor]
+    options: StyleOptions
+    on_progress: Callable[[Progress], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
+def output_shape(content_shape: Sequence[int], size: int) -> tuple[int, int]:
+    """(H, W) of the result for a content image of this shape."""
+    h, w = content_shape[0], content_shape[1]
+    scale = max(size / max(h, w), MIN_SIDE / min(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def batch_key(options: StyleOptions, content_shape: Sequence[int]) -> tuple[object, ...]:
+    """Jobs with equal keys can share forward and backward passes."""
+    return (output_shape(content_shape, options.size), options.steps, options.optimizer,
+            options.lbfgs_history, options.adam_lr, options.content_layer,
+            options.style_layers, options.precision, options.channels_last)
+
+
+@dataclass
+class _Prepared:
+    content: torch.Tensor  # resized uint8
+    targets: StyleTargets
+    x0: torch.Tensor
+
+
+def _prepare(vgg: VGG19Features, job: StyleJob, space: InputSpace, device: torch.device,
+             cache: GramCache | None) -> _Prepared:
+    options = job.options
+    if not job.styles:
+        raise ValueError("at least one style image is needed")
+    blend = list(options.style_blend or [1.0] * len(job.styles))
+    if len(blend) != len(job.styles):
+        raise ValueError(f"{len(blend)} style_blend weights for {len(job.styles)} style images")
+    content = resize_long_side(job.content, options.size, MIN_SIDE)
+    style_side = round(options.size * options.style_scale)
+    styles = [resize_long_side(s, style_side, MIN_SIDE) for s in job.styles]
+    if options.preserve_color == "match":
+        styles = [match_color(s, content) for s in styles]
+    needed = [options.content_layer, *options.style_layers]
+    if deepest(needed) not in vgg_layers(vgg):
+        raise ValueError("the network is truncated before a layer this job needs")
+    targets = StyleTargets(vgg, space, content, styles, blend, options, device, cache)
+    return _Prepared(content, targets, initial_image(content, options, space, device))
+
+
+def stylize_batch(
+    vgg: VGG19Features,
+    jobs: Sequence[StyleJob],
+    *,
+    device: torch.device,
+    space: InputSpace = CAFFE,
+    gram_cache: GramCache | None = None,
+) -> list[StyleResult | Exception]:
+    """Optimise several images of one output size together, each with its own targets,
+    weights and optimiser state; one forward and backward pass per step for all of them.
+
+    Returns, per job, its result or the exception that ended it (Cancelled when its
+    `should_stop` said so: it leaves the batch at once and its memory goes with it).
+    """
+    started = time.perf_counter()
+    lead = jobs[0].options
+    shape = output_shape(jobs[0].content.shape, lead.size)
+    if any(batch_key(j.options, j.content.shape) != batch_key(lead, jobs[0].content.shape)
+           for j in jobs):
+        raise ValueError("jobs of one batch must share output size and loop settings")
+    prepared = [_prepare(vgg, job, space, device, gram_cache) for job in jobs]
+    x = torch.cat([p.x0 for p in prepared]).requires_grad_(True)
+    content_target = torch.cat([p.targets.content for p in prepared])
+    grams = {layer: torch.cat([p.targets.grams[layer] for p in prepared])
+             for layer in lead.style_layers}
+    weights = torch.tensor([[j.options.content_weight, j.options.style_weight,
+                             j.options.tv_weight] for j in jobs], device=device)
+    low, high = space.pixel_bounds(device)
+    optimizer: BatchedLBFGS | BatchedAdam
+    if lead.optimizer == "lbfgs":
+        optimizer = BatchedLBFGS(x, history=lead.lbfgs_history)
+    else:
+        lr = lead.adam_lr / float(torch.tensor(space.std).mean()) / space.scale
+        optimizer = BatchedAdam(x, lr=lr)
+    outcomes: list[StyleResult | Exception | None] = [None] * len(jobs)
+    histories: list[list[Losses]] = [[] for _ in jobs]
+    alive = list(range(len(jobs)))  # job index of each batch row
+
+    def leave(rows_out: dict[int, Exception]) -> None:
+        nonlocal x, content_target, grams, weights, alive
+        for row, error in rows_out.items():
+            outcomes[alive[row]] = error
+        kept = [r for r in range(len(alive)) if r not in rows_out]
+        index = torch.tensor(kept, device=device, dtype=torch.long)
+        x = x.detach()[index].requires_grad_(True)
+        content_target = content_target[index]
+        grams = {k: v[index] for k, v in grams.items()}
+        weights = weights[index]
+        optimizer.keep(index)
+        alive = [alive[r] for r in kept]
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for step in range(1, lead.steps + 1):
+        stopped = {row: Cancelled() for row, j in enumerate(alive)
+                   if (stop := jobs[j].should_stop) is not None and stop()}
+        if stopped:
+            leave(stopped)
+        if not alive:
+            break
+        x.grad = None
+        total, content_loss, style_loss, tv_loss = batch_losses(
+            vgg, x, content_target, grams, weights, lead)
+        total.sum().backward()
+        assert x.grad is not None
+        optimizer.step(x, x.grad, bounds=(low, high))
+        due = [_due(jobs[j].options, step) for j in alive]
+        if not any(report or preview for report, preview in due):
+            continue
+        # Reading losses makes the host wait for the device: only at report steps.
+        values = torch.stack([content_loss, style_loss, tv_loss, total], 1).detach().tolist()
+        diverged: dict[int, Exception] = {}
+        for row, (j, (report, preview_due)) in enumerate(zip(alive, due, strict=True)):
+            if not (report or preview_due):
+                continue
+            current = Losses(*values[row])
+            if not math.isfinite(current.total):
+                diverged[row] = FloatingPointError(f"the loss diverged at step {step}")
+                continue
+            histories[j].append(current)
+            if jobs[j].on_progress is not None:
+                preview = None
+                if preview_due:
+                    preview = resize_long_side(space.deprocess(x[row:row + 1]),
+                                               jobs[j].options.preview_size)
+                jobs[j].on_progress(Progress(step, lead.steps, current, preview))  # type: ignore[misc]
+        if diverged:
+            leave(diverged)
+            if not alive:
+                break
+
+    if alive:
+        with torch.no_grad():
+            total, content_loss, style_loss, tv_loss = batch_losses(
+                vgg, x, content_target, grams, weights, lead)
+        finals = torch.stack([content_loss, style_loss, tv_loss, total], 1).tolist()
+        seconds = time.perf_counter() - started
+        for row, j in enumerate(alive):
+            image = space.deprocess(x[row:row + 1])
+            if jobs[j].options.preserve_color == "luminance":
+                image = keep_luminance(image, prepared[j].content)
+            assert image.shape[:2] == shape
+            outcomes[j] = StyleResult(image, Losses(*finals[row]), lead.steps, seconds,
+                                      histories[j])
+    return [o if o is not None else Cancelled() for o in outcomes]
+
+
+def _due(options: StyleOptions, step: int) -> tuple[bool, bool]:
+    last = step == options.steps
+    report = last or step % max(1, options.progress_every) == 0
+    preview = options.preview_every > 0 and (last or step % options.preview_every == 0)
+    return report, preview
+
+
 def stylize(
     vgg: VGG19Features,
     content: torch.Tensor,
@@ -314,69 +495,11 @@ def stylize(
     gram_cache: GramCache | None = None,
 ) -> StyleResult:
     """Paint `content` in the style of `styles`; returns the image and its final losses."""
-    if not styles:
-        raise ValueError("at least one style image is needed")
-    blend = list(options.style_blend or [1.0] * len(styles))
-    if len(blend) != len(styles):
-        raise ValueError(f"{len(blend)} style_blend weights for {len(styles)} style images")
-    started = time.perf_counter()
-    torch.manual_seed(options.seed)
-    content = resize_long_side(content, options.size, MIN_SIDE)
-    style_side = round(options.size * options.style_scale)
-    styles = [resize_long_side(s, style_side, MIN_SIDE) for s in styles]
-    if options.preserve_color == "match":
-        styles = [match_color(s, content) for s in styles]
-
-    needed = [options.content_layer, *options.style_layers]
-    if deepest(needed) not in vgg_layers(vgg):
-        raise ValueError("the network is truncated before a layer this job needs")
-    targets = StyleTargets(vgg, space, content, styles, blend, options, device, gram_cache)
-    x = initial_image(content, options, space, device).requires_grad_(True)
-    low, high = space.pixel_bounds(device)
-
-    lbfgs = BatchedLBFGS(x, history=options.lbfgs_history) if options.optimizer == "lbfgs" \
-        else None
-    adam = None if lbfgs else torch.optim.Adam(
-        [x], lr=options.adam_lr / float(torch.tensor(space.std).mean()) / space.scale)
-    history: list[Losses] = []
-
-    for step in range(1, options.steps + 1):
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-        x.grad = None
-        total, content_loss, style_loss, tv_loss = losses(vgg, x, targets, options)
-        total.backward()
-        assert x.grad is not None
-        if lbfgs is not None:
-            lbfgs.step(x, x.grad, bounds=(low, high))
-        else:
-            assert adam is not None
-            adam.step()
-            with torch.no_grad():
-                x.clamp_(low, high)  # stay inside displayable pixels
-        # Reading a loss forces a device sync: only at report steps.
-        report = step % max(1, options.progress_every) == 0 or step == options.steps
-        preview_due = options.preview_every > 0 and (
-            step % options.preview_every == 0 or step == options.steps)
-        if report or preview_due:
-            current = Losses(*(float(v.detach()) for v in (content_loss, style_loss, tv_loss,
-                                                            total)))
-            if not math.isfinite(current.total):
-                raise FloatingPointError(f"the loss diverged at step {step}")
-            history.append(current)
-            if on_progress is not None:
-                preview = None
-                if preview_due:
-                    preview = resize_long_side(space.deprocess(x), options.preview_size)
-                on_progress(Progress(step, options.steps, current, preview))
-
-    with torch.no_grad():
-        total, content_loss, style_loss, tv_loss = losses(vgg, x, targets, options)
-    final = Losses(float(content_loss), float(style_loss), float(tv_loss), float(total))
-    image = space.deprocess(x)
-    if options.preserve_color == "luminance":
-        image = keep_luminance(image, content)
-    return StyleResult(image, final, options.steps, time.perf_counter() - started, history)
+    job = StyleJob(content, styles, options, on_progress, should_stop)
+    (outcome,) = stylize_batch(vgg, [job], device=device, space=space, gram_cache=gram_cache)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def vgg_layers(vgg: VGG19Features) -> list[str]:

@@ -32,7 +32,8 @@ class Executor(Protocol):
         """
 
     def run(self, batch: Sequence[WorkItem], max_images: int) -> Sequence[Any]:
-        """One result per item, in order. Forward passes hold at most `max_images` images."""
+        """One result per item, in order (an Exception instance fails just that item).
+        Forward passes hold at most `max_images` images."""
 
 
 ExecutorFactory = Callable[[str], Executor]
@@ -104,7 +105,10 @@ class Worker:
             self.metrics.batch_images.labels(kind).observe(images)
             for item, result in zip(batch, results, strict=True):
                 item.stats.compute_s = compute
-                item.future.set_result(result)
+                if isinstance(result, Exception):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
         finally:
             self.scheduler.finished(len(batch))
 

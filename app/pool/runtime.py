@@ -72,7 +72,7 @@ class DeviceRuntime:
         if isinstance(first, GenerateWork):
             return self._generate([w for w in batch if isinstance(w, GenerateWork)], max_images)
         if isinstance(first, StylizeWork):
-            return [self._stylize(first)]
+            return self._stylize([w for w in batch if isinstance(w, StylizeWork)])
         raise TypeError(f"no engine for {type(first).__name__}")
 
     def _generate(self, batch: list[GenerateWork], max_images: int) -> list[torch.Tensor]:
@@ -81,16 +81,15 @@ class DeviceRuntime:
         images = gan.sample(generator, latents, self.device, max_images)
         return list(images.split([w.size for w in batch]))
 
-    def _stylize(self, work: StylizeWork) -> style.StyleResult:
-        vgg = self._model(self.vggs, work.model)
-        if work.on_start is not None:
-            work.on_start()
+    def _stylize(self, batch: list[StylizeWork]) -> list[style.StyleResult | Exception]:
+        vgg = self._model(self.vggs, batch[0].model)
+        for work in batch:
+            if work.on_start is not None:
+                work.on_start()
+        jobs = [style.StyleJob(w.content, w.styles, w.options, w.on_progress, w.cancel.is_set)
+                for w in batch]
         try:
-            return style.stylize(
-                vgg, work.content, work.styles, work.options, device=self.device,
-                on_progress=work.on_progress, should_stop=work.cancel.is_set,
-                gram_cache=self.gram_cache,
-            )
+            return style.stylize_batch(vgg, jobs, device=self.device, gram_cache=self.gram_cache)
         finally:
             if self.device.type == "cuda":
-                torch.cuda.empty_cache()  # a finished or cancelled job gives its memory back
+                torch.cuda.empty_cache()  # finished or cancelled jobs give their memory back

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from app.engines.style import Progress, StyleOptions
+from app.engines.style import batch_key as style_batch_key
 
 
 @dataclass
@@ -88,3 +89,8 @@ class StylizeWork(WorkItem):
     @property
     def lane(self) -> str:
         return "stylize"
+
+    @property
+    def batch_key(self) -> Hashable:
+        """Jobs of one output size and loop settings share forward/backward passes."""
+        return ("stylize", self.model, *style_batch_key(self.options, self.content.shape))

@@ -1,4 +1,9 @@
-"""L-BFGS for a batch of independent images, with no host synchronisation.
+"""Optimisers for a batch of independent images, with no host synchronisation.
+
+Both keep per-image state along the first dimension and can drop images mid-run (`keep`),
+so a cancelled job leaves a batch of style jobs without disturbing the others.
+
+L-BFGS:
 
 `torch.optim.LBFGS` walks its history in Python, calls `.item()` and branches on tensor
 values, costing hundreds of device round trips per step at history 100. This version keeps
@@ -123,3 +128,35 @@ class BatchedLBFGS:
             self.prev_s.copy_(taken.reshape(batch, -1))
         self.prev_g.copy_(g)
         self.steps += 1
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Continue with only these images (indices into the current batch)."""
+        for name in ("S", "Y", "SY", "YY", "gamma", "prev_s", "prev_g"):
+            setattr(self, name, getattr(self, name)[rows])
+
+
+class BatchedAdam:
+    """Adam (Kingma & Ba), element-wise like `torch.optim.Adam`, with a bounds clamp."""
+
+    def __init__(self, x: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = torch.zeros_like(x)
+        self.v = torch.zeros_like(x)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, grad: torch.Tensor,
+             bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        self.steps += 1
+        b1, b2 = self.betas
+        self.m.mul_(b1).add_(grad, alpha=1 - b1)
+        self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        m_hat = self.m / (1 - b1**self.steps)
+        v_hat = self.v / (1 - b2**self.steps)
+        x.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
+        if bounds is not None:
+            x.clamp_(bounds[0], bounds[1])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.m, self.v = self.m[rows], self.v[rows]
