@@ -4,7 +4,8 @@ with the textbook loop (`--baseline`), all in one process on one device.
     python bench/stylize.py --size 256 --steps 100 --baseline          # CPU here
     python bench/stylize.py --size 512 --steps 500 --baseline          # on a GPU
 
-"final loss" is the textbook loss (fp32) of each final image, so the rows compare fairly.
+"final loss" is the textbook loss (fp32) of each final image, so the rows compare fairly;
+for a batch, the first job's image is scored and jobs/s counts all of them.
 The first run on a device also pays for warm-up (cuDNN autotuning): `--warmup` steps of each
 configuration run before the timed run.
 """
@@ -26,7 +27,15 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.catalog import Catalog
-from app.engines.style import StyleOptions, resize_long_side, stylize
+from app.engines.style import (
+    GramCache,
+    StyleJob,
+    StyleOptions,
+    StyleResult,
+    resize_long_side,
+    stylize,
+    stylize_batch,
+)
 from app.nets.loading import load_vgg
 from app.nets.vgg import VGG19Features
 from app.settings import Settings
@@ -58,6 +67,17 @@ def timed(device: torch.device, fn: Callable[[], torch.Tensor]) -> tuple[torch.T
     return image, seconds, peak
 
 
+def _batched(vgg: VGG19Features, content: torch.Tensor, style: torch.Tensor,
+             options: StyleOptions, count: int, device: torch.device) -> torch.Tensor:
+    """Runs `count` jobs (different seeds, noise-free content init) in one batch; returns the
+    first image (all are scored alike)."""
+    jobs = [StyleJob(content, [style], replace(options, seed=i)) for i in range(count)]
+    results = stylize_batch(vgg, jobs, device=device)
+    first = results[0]
+    assert isinstance(first, StyleResult)
+    return first.image
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +93,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--baseline", action="store_true", help="also run the textbook loop")
     parser.add_argument("--optimizers", default="lbfgs,adam")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="also run this many jobs together (batched) and report jobs/s")
+    parser.add_argument("--precisions", default="",
+                        help="extra engine precisions to try, e.g. bf16 (with channels_last)")
     args = parser.parse_args()
 
     if args.threads:
@@ -98,20 +122,32 @@ def main() -> None:
     if args.baseline:
         configs["textbook (torch.optim.LBFGS, history 100)"] = lambda steps: textbook(
             vgg, content, style, steps, device, args.style_weight, args.tv_weight)
-    for optimizer in args.optimizers.split(","):
-        options = StyleOptions(steps=args.steps, size=args.size, content_weight=1.0,
-                               style_weight=args.style_weight, tv_weight=args.tv_weight,
-                               optimizer=optimizer,  # type: ignore[arg-type]
-                               progress_every=args.steps)
-        configs[f"atelier engine ({optimizer})"] = (
+    base = StyleOptions(steps=args.steps, size=args.size, content_weight=1.0,
+                        style_weight=args.style_weight, tv_weight=args.tv_weight,
+                        progress_every=args.steps)
+    variants = [(f"atelier engine ({o})", replace(base, optimizer=o))  # type: ignore[arg-type]
+                for o in args.optimizers.split(",")]
+    variants += [(f"atelier engine (lbfgs, {p}, channels_last)",
+                  replace(base, precision=p, channels_last=True))  # type: ignore[arg-type]
+                 for p in filter(None, args.precisions.split(","))]
+    for name, options in variants:
+        configs[name] = (
             lambda steps, o=options: stylize(vgg, content, [style], replace(o, steps=steps),
                                              device=device).image)
+    cache = GramCache()
+    configs["atelier engine (lbfgs), style targets cached"] = (
+        lambda steps: stylize(vgg, content, [style], replace(base, steps=steps), device=device,
+                              gram_cache=cache).image)
+    if args.batch > 1:
+        configs[f"atelier engine (lbfgs), {args.batch} jobs batched"] = (
+            lambda steps: _batched(vgg, content, style, replace(base, steps=steps), args.batch,
+                                   device))
 
     print(f"# {device_name(device)}; {w}x{h}, {args.steps} steps, style weight "
           f"{args.style_weight:g}, tv {args.tv_weight:g}; torch {torch.__version__}")
-    print("| configuration | seconds | ms/step | steps/s | final loss | loss vs textbook "
-          "| speed vs textbook | peak GPU MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| configuration | seconds | ms/step | steps/s | jobs/s | final loss | loss vs textbook "
+          "| throughput vs textbook | peak GPU MB per job |")
+    print("|---|---|---|---|---|---|---|---|---|")
     baseline: tuple[float, float] | None = None
     for name, run in configs.items():
         if args.warmup:
@@ -120,11 +156,12 @@ def main() -> None:
         loss = score(image)
         if baseline is None and name.startswith("textbook"):
             baseline = (seconds, loss)
+        jobs = args.batch if "batched" in name else 1
         loss_ratio = f"{loss / baseline[1]:.3f}" if baseline else "-"
-        speed = f"{baseline[0] / seconds:.2f}x" if baseline else "-"
+        speed = f"{baseline[0] * jobs / seconds:.2f}x" if baseline else "-"
         print(f"| {name} | {seconds:.2f} | {seconds / args.steps * 1000:.1f} | "
-              f"{args.steps / seconds:.1f} | {loss:.5g} | {loss_ratio} | {speed} | "
-              f"{peak / 2**20:.0f} |", flush=True)
+              f"{args.steps / seconds:.1f} | {jobs / seconds:.3f} | {loss:.5g} | {loss_ratio} "
+              f"| {speed} | {peak / 2**20 / jobs:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
