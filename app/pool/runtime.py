@@ -26,6 +26,7 @@ class DeviceRuntime:
         self.torch_threads = torch_threads
         self.generators: dict[str, nn.Module] = {}
         self.vggs: dict[str, VGG19Features] = {}
+        self.spaces: dict[str, style.InputSpace] = {}
         self.gram_cache = style.GramCache()
         self._lock = threading.Lock()
         self._loaded = False
@@ -56,6 +57,7 @@ class DeviceRuntime:
                 entry.manifest.architecture, entry.weights, str(self.device)
             )
         elif entry.manifest.kind == "vgg":
+            self.spaces[name] = style.input_space(entry.manifest.architecture)
             self.vggs[name] = load_vgg(entry.manifest.architecture, entry.weights,
                                        str(self.device))
         log.info("loaded %s on %s", name, self.device)
@@ -89,7 +91,9 @@ class DeviceRuntime:
         jobs = [style.StyleJob(w.content, w.styles, w.options, w.on_progress, w.cancel.is_set)
                 for w in batch]
         try:
-            return style.stylize_batch(vgg, jobs, device=self.device, gram_cache=self.gram_cache)
+            return style.stylize_batch(vgg, jobs, device=self.device,
+                                       space=self.spaces[batch[0].model],
+                                       gram_cache=self.gram_cache)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # finished or cancelled jobs give their memory back
