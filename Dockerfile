@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ATELIER_HOST=0.0.0.0 \
     ATELIER_PORT=8000 \
     ATELIER_CATALOG_DIR=/opt/atelier/models \
-    ATELIER_MODEL_DIR=/opt/atelier/models/cache
+    ATELIER_MODEL_DIR=/opt/atelier/models/cache \
+    ATELIER_JOBS_DIR=/opt/atelier/var/jobs
 
 RUN useradd --create-home --uid 10001 atelier
 WORKDIR /opt/atelier
@@ -24,6 +25,7 @@ COPY app app
 COPY models/*.toml models/
 RUN pip install --no-deps . \
  && atelier models pull \
+ && mkdir -p /opt/atelier/var/jobs \
  && chown -R atelier:atelier /opt/atelier
 
 USER atelier

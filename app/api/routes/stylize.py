@@ -62,7 +62,8 @@ async def stylize(
     request: Request,
     service: StylizeDep,
     settings: SettingsDep,
-    content: Annotated[UploadFile, File(description="The image to repaint.")],
+    content: Annotated[UploadFile, File(description="The image to repaint (PNG, JPEG, WebP, "
+                                        "BMP, TIFF or GIF).")],
     style: Annotated[list[UploadFile], File(description="One or more style images.")],
     steps: Annotated[int | None, Form(description="Optimisation steps (default 300).",
                                       examples=[300])] = None,
@@ -74,13 +75,15 @@ async def stylize(
                                                  examples=[1.0])] = None,
     style_weight: Annotated[float | None, Form(ge=0, description="Weight of the style loss:"
                                                " higher paints more strongly.",
-                                               examples=[1000.0])] = None,
+                                               examples=[30.0])] = None,
     tv_weight: Annotated[float | None, Form(ge=0, description="Total-variation weight "
-                                            "(smoothness).", examples=[0.001])] = None,
+                                            "(smoothness).", examples=[1.0])] = None,
     optimizer: Annotated[Literal["lbfgs", "adam"], Form(description="`lbfgs` (better per "
-                                                        "step) or `adam`.")] = "lbfgs",
+                                                        "step) or `adam`.",
+                                                        examples=["lbfgs"])] = "lbfgs",
     init: Annotated[Literal["content", "noise", "random"], Form(
-        description="Start from the content, the content plus noise, or noise.")] = "content",
+        description="Start from the content, the content plus noise, or noise.",
+        examples=["content"])] = "content",
     style_scale: Annotated[float, Form(gt=0, le=4, description="Style image size relative "
                                        "to the output.", examples=[1.0])] = 1.0,
     style_blend: Annotated[list[str] | None, Form(description="One weight per style image "
@@ -88,13 +91,13 @@ async def stylize(
                                                   examples=["0.7,0.3"])] = None,
     preserve_color: Annotated[Literal["none", "luminance", "match"], Form(
         description="`luminance`: keep the content's colours (YCbCr) after the run; "
-                    "`match`: recolour the style to the content's palette before it.")]
-    = "none",
+                    "`match`: recolour the style to the content's palette before it.",
+        examples=["luminance"])] = "none",
     seed: Annotated[int | None, Form(ge=0, le=2**32 - 1, description="Seed of the noise "
                                      "initialisations (results are deterministic on CPU).",
                                      examples=[0])] = None,
-    format: Annotated[Literal["png", "jpeg", "webp"], Form(description="Output format.")]
-    = "png",
+    format: Annotated[Literal["png", "jpeg", "webp"], Form(description="Output format.",
+                                                           examples=["png"])] = "png",
     preview_every: Annotated[int, Form(ge=0, description="Steps between `preview` SSE "
                                        "events (0: none).", examples=[25])] = 0,
     prefer: Annotated[str | None, Header(description="`respond-async` to get 202 and a job "
@@ -127,6 +130,7 @@ async def stylize(
     if prefer and "respond-async" in prefer.lower():
         response = _job_response(job, 202)
         response.headers["Preference-Applied"] = "respond-async"
+        response.headers["X-Job-Id"] = job.id
         return response
     try:
         await unless_disconnected(request, service.store.wait(job))
