@@ -125,5 +125,7 @@ def create_app(
     app.include_router(studio.router)
     app.mount("/studio", studio.assets, name="studio")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, paths=("/stylize",))
+    # JSON bodies of /generate are a few hundred bytes; nothing needs more than this.
+    app.add_middleware(BodySizeLimit, max_bytes=64 * 1024, paths=("/generate",))
     app.add_middleware(AccessLog, registry=metrics.registry)
     return app

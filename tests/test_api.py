@@ -271,3 +271,11 @@ def test_httpx_error_types_are_not_leaked(live: LiveServer) -> None:
     # An empty body is the documented way to ask for one random image.
     response = httpx.post(f"{live.url}/generate", timeout=30)
     assert response.status_code == 200
+
+
+def test_an_oversized_json_body_is_413(live: LiveServer) -> None:
+    with live.client() as client:
+        response = client.post("/generate", content=b" " * 100_000,
+                               headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM

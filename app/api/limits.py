@@ -28,6 +28,8 @@ async def _drain(receive: Receive) -> None:
 class BodySizeLimit:
     """413 problem+json for bodies over `max_bytes` on the given path prefixes.
 
+    Several instances may be stacked, one per limit.
+
     A declared Content-Length over the limit is refused before a byte is read; a chunked or
     lying body is cut off as soon as the running total passes the limit.
     """
