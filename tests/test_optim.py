@@ -83,16 +83,15 @@ def test_images_in_a_batch_keep_their_own_history() -> None:
     torch.testing.assert_close(batch, torch.cat(alone), rtol=1e-5, atol=1e-6)
 
 
-def test_bounds_are_respected_and_rejected_pairs_are_harmless() -> None:
+def test_rejected_curvature_pairs_are_harmless() -> None:
     x = torch.full((1, 4), 0.5)
     opt = BatchedLBFGS(x, history=3)
     for _ in range(6):
-        # a gradient that does not change: y = 0, so every curvature pair is rejected
-        opt.step(x, torch.tensor([[1.0, -1.0, 0.5, 0.0]]),
-                 bounds=(torch.tensor(0.0), torch.tensor(1.0)))
+        # a gradient that does not change: y = 0, so every curvature pair is rejected and
+        # the method falls back to (scaled) gradient descent
+        opt.step(x, torch.tensor([[1.0, -1.0, 0.5, 0.0]]))
         assert torch.isfinite(x).all()
-        assert (x >= 0).all() and (x <= 1).all()
-    assert x[0, 0] == 0 and x[0, 1] == 1
+    assert x[0, 0] < 0.5 and x[0, 1] > 0.5 and x[0, 3] == 0.5
 
 
 @pytest.mark.gpu
@@ -100,12 +99,11 @@ def test_a_step_never_synchronises_with_the_host() -> None:
     device = torch.device("cuda")
     x = torch.randn(2, 3, 32, 32, device=device)
     opt = BatchedLBFGS(x, history=10)
-    bounds = (torch.tensor(-2.0, device=device), torch.tensor(2.0, device=device))
-    opt.step(x, x.clone(), bounds)  # first step: set-up allocations
+    opt.step(x, x.clone())  # first step: set-up allocations
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(12):
-            opt.step(x, x * 0.5 + 0.1, bounds)
+            opt.step(x, x * 0.5 + 0.1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(x).all()

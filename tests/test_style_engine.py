@@ -266,7 +266,7 @@ def test_batched_jobs_match_the_same_jobs_alone(vgg: VGG19Features) -> None:
         alone = style.stylize(vgg, job.content, job.styles, job.options, device=CPU)
         assert isinstance(batched, style.StyleResult)
         assert abs(batched.losses.total - alone.losses.total) <= 0.02 * alone.losses.total
-        assert (batched.image.float() - alone.image.float()).abs().mean() < 1.0
+        assert (batched.image.float() - alone.image.float()).abs().mean() < 3.0  # of 255
 
 
 def test_a_cancelled_job_leaves_the_batch_and_the_others_finish(vgg: VGG19Features) -> None:

@@ -102,10 +102,12 @@ class BatchedLBFGS:
         return -hg
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, grad: torch.Tensor,
-             bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        """Move x (in place) along the L-BFGS direction computed from its gradient, then
-        clamp it into `bounds` (broadcastable low/high) if given."""
+    def step(self, x: torch.Tensor, grad: torch.Tensor) -> None:
+        """Move x (in place) along the L-BFGS direction computed from its gradient.
+
+        No bounds: clamping the iterate (a projection) breaks the curvature model, and on
+        512 px style jobs it made the loss diverge; clamp the final result instead.
+        """
         batch = x.shape[0]
         g = grad.reshape(batch, -1).to(self.S.dtype)
         if self.steps == 0:
@@ -115,17 +117,9 @@ class BatchedLBFGS:
             self._remember(self.prev_s, g)
             direction = self._direction(g)
             size = torch.full((batch,), self.lr, device=x.device, dtype=self.S.dtype)
-        step = (size[:, None] * direction).reshape(x.shape).to(x.dtype)
-        if bounds is None:
-            x.add_(step)
-            self.prev_s.copy_(step.reshape(batch, -1))
-        else:
-            # The step actually taken, kept exact: x + s - x would lose digits in fp32.
-            moved = x + step
-            clamped = moved.clamp(bounds[0], bounds[1])
-            taken = torch.where(moved == clamped, step, clamped - x)
-            x.copy_(clamped)
-            self.prev_s.copy_(taken.reshape(batch, -1))
+        step = size[:, None] * direction
+        x.add_(step.reshape(x.shape).to(x.dtype))
+        self.prev_s.copy_(step)
         self.prev_g.copy_(g)
         self.steps += 1
 

@@ -446,7 +446,10 @@ def stylize_batch(
             vgg, x, content_target, grams, weights, lead)
         total.sum().backward()
         assert x.grad is not None
-        optimizer.step(x, x.grad, bounds=(low, high))
+        if isinstance(optimizer, BatchedLBFGS):
+            optimizer.step(x, x.grad)  # unconstrained: the result is clamped when decoded
+        else:
+            optimizer.step(x, x.grad, bounds=(low, high))
         due = [_due(jobs[j].options, step) for j in alive]
         if not any(report or preview for report, preview in due):
             continue
