@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/gallery"))
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--contents", default=",".join(CONTENTS),
+                        help="comma-separated content files (to split the work)")
+    parser.add_argument("--table", default="TABLE.md", help="name of the Markdown table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +58,7 @@ def main() -> None:
             f"{options.optimizer}), size {args.size}, on {device.type}: {machine}.", "",
             "| content | " + " | ".join(Path(s).stem for s in STYLES) + " |",
             "|---|" + "---|" * len(STYLES)]
-    for content_name in CONTENTS:
+    for content_name in args.contents.split(","):
         content = load(args.images / content_name)
         cells = []
         for style_name in STYLES:
@@ -68,7 +71,7 @@ def main() -> None:
             cells.append(f"![{name}](gallery/{name})<br>{seconds:.0f} s")
             print(f"{name}: {seconds:.1f} s, loss {result.losses.total:.4g}", flush=True)
         rows.append(f"| {Path(content_name).stem} | " + " | ".join(cells) + " |")
-    (args.out / "TABLE.md").write_text("\n".join(rows) + "\n")
+    (args.out / args.table).write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
 
 

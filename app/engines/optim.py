@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 CURVATURE_EPS = 1e-10
+DESCENT_TOLERANCE = 1e-9
 
 
 class BatchedLBFGS:
@@ -116,7 +117,10 @@ class BatchedLBFGS:
         else:
             self._remember(self.prev_s, g)
             direction = self._direction(g)
-            size = torch.full((batch,), self.lr, device=x.device, dtype=self.S.dtype)
+            # As torch.optim.LBFGS: no step along a direction that is not a descent
+            # direction (rounding can make one); the next pair is then rejected (s = 0).
+            descent = (g * direction).sum(1) < -DESCENT_TOLERANCE
+            size = descent.to(self.S.dtype) * self.lr
         step = size[:, None] * direction
         x.add_(step.reshape(x.shape).to(x.dtype))
         self.prev_s.copy_(step)
