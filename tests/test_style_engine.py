@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -185,13 +186,16 @@ def test_progress_reports_and_cancellation(vgg: VGG19Features) -> None:
                       should_stop=lambda: next(calls) >= 3)
 
 
+@pytest.fixture
+def gpu_vgg(vgg: VGG19Features) -> VGG19Features:
+    return copy.deepcopy(vgg).to(torch.device("cuda"))
+
+
 @pytest.mark.gpu
-def test_gpu_run_is_finite_and_matches_cpu_loss(vgg: VGG19Features) -> None:
-    gpu = torch.device("cuda")
-    net = VGG19Features()
-    net.load_state_dict(vgg.state_dict(), strict=False)
-    result = style.stylize(net.to(gpu).requires_grad_(False), image("content.jpg"),
-                           [image("starry.jpg")], BASE, device=gpu)
+def test_gpu_run_is_finite_and_matches_cpu_loss(gpu_vgg: VGG19Features,
+                                                 vgg: VGG19Features) -> None:
+    result = style.stylize(gpu_vgg, image("content.jpg"), [image("starry.jpg")], BASE,
+                           device=torch.device("cuda"))
     cpu_result = run(vgg)
     assert np.isfinite(result.losses.total)
     assert abs(result.losses.total - cpu_result.losses.total) < 0.05 * cpu_result.losses.total
@@ -239,11 +243,8 @@ def test_every_precision_stays_finite_and_keeps_gram_in_fp32(
 
 
 @pytest.mark.gpu
-def test_bf16_on_gpu_is_finite_and_close_to_fp32(vgg: VGG19Features) -> None:
-    gpu = torch.device("cuda")
-    net = VGG19Features()
-    net.load_state_dict(vgg.state_dict(), strict=False)
-    net = net.to(gpu).requires_grad_(False)
+def test_bf16_on_gpu_is_finite_and_close_to_fp32(gpu_vgg: VGG19Features) -> None:
+    gpu, net = torch.device("cuda"), gpu_vgg
     options = replace(BASE, steps=30, size=128)
     losses = {}
     for precision in ("fp32", "bf16"):
@@ -292,11 +293,8 @@ def test_jobs_of_different_sizes_cannot_share_a_batch(vgg: VGG19Features) -> Non
 
 
 @pytest.mark.gpu
-def test_batching_on_gpu_reaches_the_loss_of_each_job_alone(vgg: VGG19Features) -> None:
-    gpu = torch.device("cuda")
-    net = VGG19Features()
-    net.load_state_dict(vgg.state_dict(), strict=False)
-    net = net.to(gpu).requires_grad_(False)
+def test_batching_on_gpu_reaches_the_loss_of_each_job_alone(gpu_vgg: VGG19Features) -> None:
+    gpu, net = torch.device("cuda"), gpu_vgg
     options = replace(BASE, steps=50, size=128)
     jobs = [style.StyleJob(image("content.jpg"), [image(name)], options)
             for name in ("starry.jpg", "wave.jpg", "starry.jpg", "wave.jpg")]
