@@ -81,7 +81,6 @@ def create_app(
         )
         await asyncio.to_thread(pool.start)
         encoder = Encoder(settings.encode_threads)
-        app.state.settings = settings
         app.state.catalog = catalog
         app.state.pool = pool
         app.state.generation = GenerationService(catalog, pool, encoder)

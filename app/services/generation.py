@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 import torch
 
-from app.catalog import Catalog, Manifest, ModelStatus
+from app.catalog import Catalog, Manifest
 from app.engines import gan, imaging
 from app.engines.imaging import ImageFormat
 from app.pool import GenerateWork, WorkerPool, WorkStats
 from app.services.encoding import Encoder
-from app.services.errors import ModelNotFound, ModelUnavailable, WrongModelKind
+from app.services.errors import require_model
 
 
 @dataclass
@@ -30,14 +30,7 @@ class GenerationService:
         self.encoder = encoder
 
     def resolve(self, name: str) -> Manifest:
-        entry = self.catalog.entry(name)
-        if entry is None:
-            raise ModelNotFound(name, [e.name for e in self.catalog.entries()])
-        if entry.manifest.kind != "gan":
-            raise WrongModelKind(name, entry.manifest.kind, "gan")
-        if entry.status is not ModelStatus.AVAILABLE:
-            raise ModelUnavailable(name, entry.message or "unavailable")
-        return entry.manifest
+        return require_model(self.catalog, name, "gan")
 
     @staticmethod
     def draw_seed() -> int:

@@ -9,13 +9,13 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from app.catalog import Catalog, Manifest, ModelStatus
+from app.catalog import Catalog, Manifest
 from app.engines import imaging
 from app.engines.imaging import ImageFormat, ImageInputError
 from app.engines.style import Cancelled, Progress, StyleOptions, StyleResult
 from app.pool import PoolError, StylizeWork, WorkerPool
 from app.services.encoding import Encoder
-from app.services.errors import ModelNotFound, ModelUnavailable, ServiceError, WrongModelKind
+from app.services.errors import ServiceError, require_model
 from app.services.jobs import Job, JobStatus, JobStore
 
 
@@ -78,14 +78,7 @@ class StylizeService:
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
 
     def resolve(self) -> Manifest:
-        entry = self.catalog.entry(self.model)
-        if entry is None:
-            raise ModelNotFound(self.model, [e.name for e in self.catalog.entries()])
-        if entry.manifest.kind != "vgg":
-            raise WrongModelKind(self.model, entry.manifest.kind, "vgg")
-        if entry.status is not ModelStatus.AVAILABLE:
-            raise ModelUnavailable(self.model, entry.message or "unavailable")
-        return entry.manifest
+        return require_model(self.catalog, self.model, "vgg")
 
     def options_for(self, request: StyleRequest, manifest: Manifest) -> StyleOptions:
         return style_options(request, manifest, default_size=self.default_size,
