@@ -18,8 +18,8 @@ from app.api.middleware import AccessLog
 from app.api.routes import generate, studio, stylize, system
 from app.catalog import Catalog
 from app.logs import configure
-from app.pool import Executor, Lane, PoolMetrics, WorkerPool
-from app.pool.runtime import DeviceRuntime
+from app.pool import Executor, PoolMetrics
+from app.runtime import build_pool
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
 from app.services.jobs import JobStore
@@ -62,23 +62,8 @@ def create_app(
         for entry in catalog.entries():
             if entry.message:
                 log.warning(entry.message)
-        factory = executor_factory or (
-            lambda device: DeviceRuntime(device, catalog, torch_threads=settings.torch_threads)
-        )
-        pool = WorkerPool(
-            settings.device_list(),
-            factory,
-            lanes=[
-                Lane("generate", settings.workers_per_device, settings.queue_size,
-                     settings.max_batch_images, settings.batch_wait_ms),
-                # Style jobs run in a lane of their own, so a long job never holds up
-                # /generate: the two lanes' workers interleave on the device.
-                Lane("stylize", settings.stylize_workers_per_device, settings.max_active_jobs,
-                     settings.style_batch(), settings.style_batch_wait_ms),
-            ],
-            retry_after_s=settings.retry_after_s,
-            metrics=metrics,
-        )
+        pool = build_pool(settings, catalog, executor_factory=executor_factory,
+                          metrics=metrics)
         await asyncio.to_thread(pool.start)
         encoder = Encoder(settings.encode_threads)
         app.state.catalog = catalog
@@ -87,12 +72,7 @@ def create_app(
         store = JobStore(max_active=settings.max_active_jobs, max_jobs=settings.max_jobs,
                          ttl_s=settings.job_ttl_s, results_dir=settings.jobs_dir,
                          retry_after_s=max(settings.retry_after_s, 5))
-        app.state.stylize = StylizeService(
-            catalog, pool, encoder, store, model=settings.style_model,
-            default_size=settings.default_size, default_steps=settings.default_steps,
-            progress_every=settings.progress_every, max_pixels=settings.max_pixels,
-            precision=settings.style_precision, channels_last=settings.style_channels_last,
-        )
+        app.state.stylize = StylizeService(catalog, pool, encoder, store, settings)
         janitor = asyncio.create_task(_purge_expired_jobs(store, settings.job_ttl_s))
         log.info("ready", extra={"fields": {"workers": pool.describe()}})
         try:

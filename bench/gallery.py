@@ -20,7 +20,8 @@ from PIL import Image
 from app.catalog import Catalog
 from app.engines.style import stylize
 from app.nets.loading import load_vgg
-from app.services.stylize import StyleRequest, style_options
+from app.services.params import StyleParams
+from app.services.stylize import engine_options
 from app.settings import Settings
 
 CONTENTS = ("tubingen.jpg", "astronaut.png", "chelsea.png", "coffee.png")
@@ -50,7 +51,7 @@ def main() -> None:
     assert entry is not None, "run `atelier models pull` first"
     device = torch.device(settings.device_list()[0])
     vgg = load_vgg(entry.manifest.architecture, entry.weights, str(device))
-    options = style_options(StyleRequest(size=args.size), entry.manifest)
+    options = engine_options(StyleParams(size=args.size), 1, entry.manifest, Settings())
     args.out.mkdir(parents=True, exist_ok=True)
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
                f"torch threads" if device.type == "cpu" else torch.cuda.get_device_name(device))

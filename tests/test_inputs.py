@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.engines.imaging import CorruptImage, ImageTooLarge, NotAnImage, decode_upload
+from app.engines.decoding import CorruptImage, ImageTooLarge, NotAnImage, decode_upload
 
 
 def encoded(image: Image.Image, fmt: str, **options: object) -> bytes:

@@ -158,7 +158,7 @@ def test_luminance_preservation_keeps_the_content_colours(vgg: VGG19Features) ->
     content = style.resize_long_side(image("content.jpg"), 48)
 
     def chroma(img: torch.Tensor) -> torch.Tensor:
-        return (img.reshape(-1, 3).double() @ style._YCBCR.T)[:, 1:]
+        return (img.reshape(-1, 3).double() @ style.YCBCR.T)[:, 1:]
 
     plain = run(vgg).image
     assert (chroma(result) - chroma(content)).abs().mean() < 2

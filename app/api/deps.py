@@ -6,32 +6,38 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from app.api.problems import invalid_field
 from app.catalog import Catalog
+from app.errors import InvalidField
 from app.pool import WorkerPool
 from app.services.generation import GenerationService
+from app.services.jobs import Job
 from app.services.stylize import StylizeService
 from app.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    value: Settings = request.app.state.settings
+    return value
 
 
 def get_catalog(request: Request) -> Catalog:
-    return request.app.state.catalog
+    value: Catalog = request.app.state.catalog
+    return value
 
 
 def get_pool(request: Request) -> WorkerPool:
-    return request.app.state.pool
+    value: WorkerPool = request.app.state.pool
+    return value
 
 
 def get_generation(request: Request) -> GenerationService:
-    return request.app.state.generation
+    value: GenerationService = request.app.state.generation
+    return value
 
 
 def get_stylize(request: Request) -> StylizeService:
-    return request.app.state.stylize
+    value: StylizeService = request.app.state.stylize
+    return value
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -57,12 +63,21 @@ def request_timeout(
     try:
         timeout = float(x_request_timeout)
     except ValueError:
-        raise invalid_field("X-Request-Timeout", "must be a number of seconds") from None
+        raise InvalidField("X-Request-Timeout", "must be a number of seconds") from None
     if not 0 < timeout <= settings.max_request_timeout_s:
-        raise invalid_field(
+        raise InvalidField(
             "X-Request-Timeout", f"must be > 0 and <= {settings.max_request_timeout_s:g} seconds"
         )
     return timeout
 
 
 TimeoutDep = Annotated[float, Depends(request_timeout)]
+
+
+def get_job(job_id: str, service: StylizeDep) -> Job:
+    """The job named in the path; resolved before a response starts, so an unknown id is a
+    404 even on the event stream."""
+    return service.store.get(job_id)
+
+
+JobDep = Annotated[Job, Depends(get_job)]

@@ -9,8 +9,6 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from app.api.problems import Problem, from_exception
-
 T = TypeVar("T")
 
 
@@ -28,7 +26,7 @@ async def _wait_for_disconnect(request: Request) -> None:
 async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Await `work`; cancel it (so queued items are dropped uncomputed) if the client leaves.
 
-    Errors from the layers below come out as `Problem`s.
+    Raises ClientDisconnected then; errors of `work` propagate unchanged.
     """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
@@ -41,9 +39,4 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) ->
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
         raise ClientDisconnected()
-    try:
-        return task.result()
-    except Problem:
-        raise
-    except Exception as exc:
-        raise from_exception(exc) from exc
+    return task.result()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.problems import PROBLEM_JSON, HttpProblem, problem_bytes
 
 
 class _TooLarge(HTTPException):
@@ -75,16 +75,11 @@ class BodySizeLimit:
                 await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        body = json.dumps({
-            "type": "urn:atelier:problem:too-large",
-            "title": "Content too large",
-            "status": 413,
-            "detail": f"the request body exceeds {self.max_bytes} bytes",
-            "instance": scope["path"],
-            "request_id": scope.get("state", {}).get("request_id"),
-        }).encode()
+        error = HttpProblem(413, f"the request body exceeds {self.max_bytes} bytes")
+        request_id = scope.get("state", {}).get("request_id")
+        body = problem_bytes(error, scope["path"], request_id)
         await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/problem+json"),
+            (b"content-type", PROBLEM_JSON.encode()),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.api.problems import Problem
+from app.api.problems import HttpProblem
 from app.engines.imaging import ImageFormat
 
 JSON = "application/json"
@@ -44,31 +44,21 @@ def _quality(media_type: str, ranges: list[tuple[str, float]]) -> float:
 
 
 def negotiate(
-    accept: str | None,
-    requested: ImageFormat | None,
-    allowed: tuple[ImageFormat, ...],
-    *,
-    json_allowed: bool = True,
-) -> ImageFormat | str:
-    """The response type: an ImageFormat, or JSON (the string) when the client prefers it."""
+    accept: str | None, requested: ImageFormat | None, allowed: tuple[ImageFormat, ...]
+) -> ImageFormat | None:
+    """The response type: an image format, or None when the client prefers JSON."""
     if not accept or accept.strip() == "":
         return requested or allowed[0]
     ranges = _parse_accept(accept)
-    candidates: list[ImageFormat | str] = [requested] if requested else list(allowed)
-    if json_allowed:
-        candidates.append(JSON)
-    scored = [
-        (_quality(c if isinstance(c, str) and c == JSON else c.media_type, ranges), -i, c)
-        for i, c in enumerate(candidates)
-        if not (isinstance(c, ImageFormat) and c not in allowed)
+    formats = [requested] if requested else list(allowed)
+    # (q, preference) per candidate; JSON comes last among equals.
+    scored: list[tuple[float, int, ImageFormat | None]] = [
+        (_quality(f.media_type, ranges), -i, f) for i, f in enumerate(formats) if f in allowed
     ]
+    scored.append((_quality(JSON, ranges), -len(formats), None))
     q, _, best = max(scored, key=lambda s: (s[0], s[1]))
     if q <= 0:
-        offered = ", ".join(
-            c if isinstance(c, str) and c == JSON else c.media_type for c in candidates
-        )
-        raise Problem(
-            406, "Not Acceptable",
-            f"this endpoint can answer with {offered}; Accept was {accept!r}",
-        )
+        offered = ", ".join([f.media_type for f in formats] + [JSON])
+        raise HttpProblem(
+            406, f"this endpoint can answer with {offered}; Accept was {accept!r}")
     return best

@@ -126,33 +126,3 @@ class Readiness(BaseModel):
     status: str = Field(..., examples=["ready"])
     workers: list[WorkerInfo]
     models: dict[str, str] = Field(..., description="Model name to status.")
-
-
-class StyleLosses(BaseModel):
-    content: float
-    style: float
-    tv: float
-    total: float
-
-
-class JobLinks(BaseModel):
-    self: str
-    events: str
-    result: str
-
-
-class JobDocument(BaseModel):
-    id: str = Field(..., examples=["Zp3kq2vX0aY1b2c3"])
-    status: str = Field(..., description="queued | running | succeeded | failed | canceled",
-                        examples=["running"])
-    step: int = Field(..., examples=[120])
-    steps: int = Field(..., examples=[300])
-    fraction: float = Field(..., examples=[0.4])
-    losses: StyleLosses | None = None
-    created_at: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    eta_seconds: float | None = None
-    error: dict[str, object] | None = Field(None, description="status, title, detail")
-    options: dict[str, object] = Field(..., description="The options the job runs with.")
-    links: JobLinks

@@ -113,7 +113,8 @@ def is_pulled(manifest: Manifest, model_dir: Path) -> bool:
     if not (weights_path(model_dir, manifest.name).is_file() and stamp.is_file()):
         return False
     try:
-        return json.loads(stamp.read_text()).get("source_sha256") == manifest.weights.sha256
+        recorded = json.loads(stamp.read_text()).get("source_sha256")
+        return bool(recorded == manifest.weights.sha256)
     except (OSError, ValueError):
         return False
 

@@ -59,6 +59,6 @@ def sample(
     """Run the generator over latents in passes of at most `max_images`."""
     outputs = [
         to_uint8_images(generator(chunk.to(device, non_blocking=True)))
-        for chunk in latents.split(max(1, max_images))
+        for chunk in torch.split(latents, max(1, max_images))
     ]
     return torch.cat(outputs)

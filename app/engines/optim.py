@@ -38,15 +38,14 @@ class BatchedLBFGS:
         self.m = history
         self.lr = lr
         self.steps = 0
-        f32 = {"device": x.device, "dtype": dtype}
-        f64 = {"device": x.device, "dtype": torch.float64}
-        self.S = torch.zeros(batch, history, n, **f32)
-        self.Y = torch.zeros(batch, history, n, **f32)
-        self.SY = torch.zeros(batch, history, history, **f64)  # s_i · y_j
-        self.YY = torch.zeros(batch, history, history, **f64)  # y_i · y_j
-        self.gamma = torch.ones(batch, **f64)
-        self.prev_s = torch.zeros(batch, n, **f32)
-        self.prev_g = torch.zeros(batch, n, **f32)
+        device, f64 = x.device, torch.float64
+        self.S = torch.zeros(batch, history, n, device=device, dtype=dtype)
+        self.Y = torch.zeros(batch, history, n, device=device, dtype=dtype)
+        self.SY = torch.zeros(batch, history, history, device=device, dtype=f64)  # s_i · y_j
+        self.YY = torch.zeros(batch, history, history, device=device, dtype=f64)  # y_i · y_j
+        self.gamma = torch.ones(batch, device=device, dtype=f64)
+        self.prev_s = torch.zeros(batch, n, device=device, dtype=dtype)
+        self.prev_g = torch.zeros(batch, n, device=device, dtype=dtype)
         # Chronological order of the ring is a rotation known from the host-side step count;
         # all rotations live on the device so that picking one copies nothing.
         ring = torch.arange(history, device=x.device)
@@ -129,8 +128,10 @@ class BatchedLBFGS:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Continue with only these images (indices into the current batch)."""
-        for name in ("S", "Y", "SY", "YY", "gamma", "prev_s", "prev_g"):
-            setattr(self, name, getattr(self, name)[rows])
+        self.S, self.Y = self.S[rows], self.Y[rows]
+        self.SY, self.YY = self.SY[rows], self.YY[rows]
+        self.gamma = self.gamma[rows]
+        self.prev_s, self.prev_g = self.prev_s[rows], self.prev_g[rows]
 
 
 class BatchedAdam:

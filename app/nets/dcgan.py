@@ -32,4 +32,5 @@ class DCGANGenerator(nn.Module):
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         if latent.dim() == 2:
             latent = latent[:, :, None, None]
-        return self.main(latent)
+        images: torch.Tensor = self.main(latent)
+        return images

@@ -45,9 +45,8 @@ class VGG19Features(nn.Module):
         self.pool: nn.Module = nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2)
 
     def load_conv_weights(self, tensors: dict[str, torch.Tensor]) -> None:
-        for name, conv in self.convs.items():
-            conv.weight.data.copy_(tensors[f"{name}.weight"])
-            conv.bias.data.copy_(tensors[f"{name}.bias"])
+        for name, parameter in self.convs.named_parameters():  # "block1_conv1.weight", ...
+            parameter.data.copy_(tensors[name])
 
     def forward(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
         wanted = set(layers)

@@ -1,7 +1,7 @@
 """The async worker pool: bounded admission, dynamic batching, deadlines, one worker per device.
 
-Nothing here knows about HTTP: fronts (FastAPI, the CLI, Ray Serve) submit typed work items
-and await results.
+Nothing here knows about HTTP or about models: fronts (FastAPI, the CLI, Ray Serve) submit
+typed work items (app.runtime defines the concrete kinds) and await results.
 """
 
 from app.pool.errors import (
@@ -14,19 +14,17 @@ from app.pool.errors import (
 )
 from app.pool.metrics import PoolMetrics
 from app.pool.pool import Executor, Lane, WorkerPool
-from app.pool.work import GenerateWork, StylizeWork, WorkItem, WorkStats
+from app.pool.work import WorkItem, WorkStats
 
 __all__ = [
     "DeadlineExceeded",
     "Executor",
-    "GenerateWork",
     "Lane",
     "OutOfMemory",
     "PoolClosed",
     "PoolError",
     "PoolMetrics",
     "QueueFull",
-    "StylizeWork",
     "WorkItem",
     "WorkStats",
     "WorkerCrashed",

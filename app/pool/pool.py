@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 import torch
 
-from app.engines.style import Cancelled
 from app.pool.errors import DeadlineExceeded, OutOfMemory, PoolClosed, WorkerCrashed
 from app.pool.metrics import PoolMetrics
 from app.pool.scheduler import Scheduler
@@ -90,9 +89,8 @@ class Worker:
         try:
             results = self._run_splitting_on_oom(batch, images)
         except Exception as exc:
-            if not isinstance(exc, Cancelled):
-                self.metrics.failed.labels(type(exc).__name__).inc()
-                log.exception("batch of %d items failed on %s", len(batch), self.name)
+            self.metrics.failed.labels(type(exc).__name__).inc()
+            log.exception("batch of %d items failed on %s", len(batch), self.name)
             for item in batch:
                 item.future.set_exception(exc)
         except BaseException:

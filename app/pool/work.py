@@ -1,18 +1,12 @@
-"""Typed work items that fronts submit to the pool."""
+"""The base of the work items fronts submit to the pool; concrete kinds live in app.runtime."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
-
-from app.engines.style import Progress, StyleOptions
-from app.engines.style import batch_key as style_batch_key
 
 
 @dataclass
@@ -23,7 +17,6 @@ class WorkStats:
     compute_s: float | None = None
     batch_images: int | None = None
     device: str | None = None
-
 
 @dataclass(eq=False, kw_only=True)
 class WorkItem:
@@ -52,45 +45,3 @@ class WorkItem:
 
     def expired(self, now: float | None = None) -> bool:
         return self.deadline is not None and (now or time.monotonic()) > self.deadline
-
-
-@dataclass(eq=False, kw_only=True)
-class GenerateWork(WorkItem):
-    """Run a GAN generator on latents [n, nz] (CPU); the result is uint8 images [n, H, W, C]."""
-
-    model: str
-    latents: torch.Tensor
-
-    @property
-    def lane(self) -> str:
-        return "generate"
-
-    @property
-    def size(self) -> int:
-        return int(self.latents.shape[0])
-
-    @property
-    def batch_key(self) -> Hashable:
-        return ("generate", self.model)
-
-
-@dataclass(eq=False, kw_only=True)
-class StylizeWork(WorkItem):
-    """One style-transfer job; the result is an engines.style.StyleResult."""
-
-    model: str
-    content: torch.Tensor  # uint8 [H, W, 3]
-    styles: list[torch.Tensor]
-    options: StyleOptions
-    on_start: Callable[[], None] | None = None
-    on_progress: Callable[[Progress], None] | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def lane(self) -> str:
-        return "stylize"
-
-    @property
-    def batch_key(self) -> Hashable:
-        """Jobs of one output size and loop settings share forward/backward passes."""
-        return ("stylize", self.model, *style_batch_key(self.options, self.content.shape))

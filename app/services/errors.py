@@ -1,33 +1,40 @@
-"""Errors of the use-case layer, independent of the transport that reports them."""
+"""Errors of the use-case layer; each declares its problem type (see app.errors)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from app.errors import AtelierError, InvalidField
+
 if TYPE_CHECKING:
     from app.catalog import Catalog, Manifest
 
 
-class ServiceError(Exception):
-    pass
+class ModelNotFound(AtelierError):
+    status = 404
+    slug = "unknown-model"
+    title = "Unknown model"
 
-
-class ModelNotFound(ServiceError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"no model named {name!r}; known models: {', '.join(known) or 'none'}")
         self.name = name
 
 
-class ModelUnavailable(ServiceError):
+class ModelUnavailable(AtelierError):
+    status = 503
+    slug = "model-unavailable"
+    title = "Model unavailable"
+    retry_after_s = 60
+
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name = name
 
 
-class WrongModelKind(ServiceError):
+class WrongModelKind(InvalidField):
     def __init__(self, name: str, kind: str, wanted: str) -> None:
-        super().__init__(f"model {name!r} is a {kind} model; this endpoint needs a {wanted} model")
-        self.name = name
+        super().__init__("model", f"model {name!r} is a {kind} model; this endpoint needs a"
+                         f" {wanted} model")
 
 
 def require_model(catalog: Catalog, name: str, kind: str) -> Manifest:

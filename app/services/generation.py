@@ -10,7 +10,8 @@ import torch
 from app.catalog import Catalog, Manifest
 from app.engines import gan, imaging
 from app.engines.imaging import ImageFormat
-from app.pool import GenerateWork, WorkerPool, WorkStats
+from app.pool import WorkerPool, WorkStats
+from app.runtime import GenerateWork
 from app.services.encoding import Encoder
 from app.services.errors import require_model
 

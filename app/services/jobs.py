@@ -1,4 +1,5 @@
-"""Long-running jobs: status, progress events for SSE, results on disk, TTL, bounds.
+"""Long-running jobs: one document model, the state transitions, progress events, results on
+disk, TTL and bounds.
 
 All methods run on the event loop thread; workers hand updates over with
 `loop.call_soon_threadsafe`.
@@ -19,7 +20,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from app.services.errors import ServiceError
+from pydantic import BaseModel, Field
+
+from app.errors import PROBLEM_TYPE_PREFIX, AtelierError
 
 
 class JobStatus(StrEnum):
@@ -34,17 +37,116 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
-class JobLimit(ServiceError):
+FINAL_EVENTS = frozenset(s.value for s in JobStatus if s.terminal)
+
+
+class JobLimit(AtelierError):
+    status = 503
+    slug = "job-limit"
+    title = "Too many jobs"
+
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class JobNotFound(AtelierError):
+    status = 404
+    slug = "unknown-job"
+    title = "Unknown job"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (it may have expired)")
+
+
+class JobNotFinished(AtelierError):
+    status = 409
+    slug = "job-not-finished"
+    title = "No result"
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(f"job {job.id} is {job.status.value}")
+        self.job_id, self.job_status = job.id, job.status
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Job-Id": self.job_id}
+
+    def extensions(self) -> dict[str, Any]:
+        return {"job_status": self.job_status.value}
+
+
+class Losses(BaseModel):
+    content: float
+    style: float
+    tv: float
+    total: float
+
+
+class JobError(BaseModel):
+    """Why a job failed: the problem document (RFC 9457) its result request answers with."""
+
+    type: str = Field(..., examples=["urn:atelier:problem:diverged"])
+    title: str = Field(..., examples=["Diverged"])
+    status: int = Field(..., examples=[422])
+    detail: str
+
+    @classmethod
+    def of(cls, error: AtelierError) -> JobError:
+        return cls(type=error.type, title=error.title, status=error.status, detail=error.detail)
+
+
+class JobFailed(AtelierError):
+    """Asking for the result of a failed job: answers with the job's own error."""
+
+    def __init__(self, job: Job) -> None:
+        assert job.error is not None
+        super().__init__(job.error.detail)
+        self.status, self.title = job.error.status, job.error.title
+        self.slug = job.error.type.removeprefix(PROBLEM_TYPE_PREFIX)
+        self.document = job.document()
+
+    def extensions(self) -> dict[str, Any]:
+        return {"job": self.document.model_dump(mode="json")}
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Job-Id": self.document.id}
+
+
+class JobProgress(BaseModel):
+    """Where a job stands: the data of every `progress` event."""
+
+    status: JobStatus = Field(..., examples=["running"])
+    step: int = Field(..., examples=[120])
+    steps: int = Field(..., examples=[300])
+    fraction: float = Field(..., examples=[0.4])
+    losses: Losses | None = None
+    eta_seconds: float | None = Field(None, description="Estimated seconds left while running.")
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    result: str
+
+
+class JobDocument(JobProgress):
+    """A job, as `/jobs/{id}` answers and the final event of its stream carries."""
+
+    id: str = Field(..., examples=["Zp3kq2vX0aY1b2c3"])
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    seconds: float | None = Field(None, description="Compute time of a succeeded job.")
+    error: JobError | None = None
+    options: dict[str, Any] = Field(..., description="The options the job runs with.")
+    links: JobLinks
 
 
 @dataclass
 class JobEvent:
     id: int
     type: str  # progress | preview | succeeded | failed | canceled
-    data: dict[str, Any]
+    data: BaseModel | dict[str, Any]
 
 
 @dataclass(eq=False)
@@ -54,21 +156,18 @@ class Job:
     options: dict[str, Any]
     status: JobStatus = JobStatus.QUEUED
     step: int = 0
-    losses: dict[str, float] | None = None
+    losses: Losses | None = None
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
-    error: dict[str, Any] | None = None
+    seconds: float | None = None
+    error: JobError | None = None
     result_path: Path | None = None
     media_type: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     events: deque[JobEvent] = field(default_factory=lambda: deque(maxlen=512))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _next_event: int = 1
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.steps if self.steps else 0.0
+    next_event: int = 1
 
     @property
     def eta_seconds(self) -> float | None:
@@ -77,26 +176,26 @@ class Job:
         elapsed = time.time() - self.started_at
         return round(elapsed / self.step * (self.steps - self.step), 2)
 
-    def document(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "status": self.status.value,
-            "step": self.step,
-            "steps": self.steps,
-            "fraction": round(self.fraction, 4),
-            "losses": self.losses,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "eta_seconds": self.eta_seconds,
-            "error": self.error,
-            "options": self.options,
-            "links": {
-                "self": f"/jobs/{self.id}",
-                "events": f"/jobs/{self.id}/events",
-                "result": f"/jobs/{self.id}/result",
-            },
-        }
+    def progress(self) -> JobProgress:
+        return JobProgress(
+            status=self.status, step=self.step, steps=self.steps,
+            fraction=round(self.step / self.steps if self.steps else 0.0, 4),
+            losses=self.losses, eta_seconds=self.eta_seconds,
+        )
+
+    def document(self) -> JobDocument:
+        return JobDocument(
+            **self.progress().model_dump(),
+            id=self.id,
+            created_at=_iso(self.created_at),
+            started_at=_iso(self.started_at),
+            finished_at=_iso(self.finished_at),
+            seconds=self.seconds,
+            error=self.error,
+            options=self.options,
+            links=JobLinks(self=f"/jobs/{self.id}", events=f"/jobs/{self.id}/events",
+                           result=f"/jobs/{self.id}/result"),
+        )
 
 
 def _iso(ts: float | None) -> str | None:
@@ -142,11 +241,14 @@ class JobStore:
         self._jobs[job.id] = job
         return job
 
-    def get(self, job_id: str) -> Job | None:
+    def get(self, job_id: str) -> Job:
+        """The job, or JobNotFound (also once it has expired)."""
         job = self._jobs.get(job_id)
         if job is not None and self._expired(job, time.time()):
             self._remove(job)
-            return None
+            job = None
+        if job is None:
+            raise JobNotFound(job_id)
         return job
 
     def discard(self, job: Job) -> None:
@@ -155,19 +257,55 @@ class JobStore:
     def result_path(self, job: Job, extension: str) -> Path:
         return self.results_dir / f"{job.id}.{extension}"
 
-    def publish(self, job: Job, kind: str, data: dict[str, Any]) -> None:
-        job.events.append(JobEvent(job._next_event, kind, data))
-        job._next_event += 1
+    # ---- state transitions: the only code that changes a job's status ----------------
+
+    def start(self, job: Job) -> None:
+        if job.status is JobStatus.QUEUED:
+            job.status = JobStatus.RUNNING
+            job.started_at = time.time()
+            self._publish(job, "progress", job.progress())
+
+    def advance(self, job: Job, step: int, losses: Losses,
+                preview_data_url: str | None = None) -> None:
+        if job.status.terminal:
+            return
+        job.step, job.losses = step, losses
+        self._publish(job, "progress", job.progress())
+        if preview_data_url is not None:
+            self._publish(job, "preview", {"step": step, "data_url": preview_data_url})
+
+    def succeed(self, job: Job, *, path: Path, media_type: str, step: int, losses: Losses,
+                seconds: float) -> None:
+        if job.status.terminal:
+            return
+        job.result_path, job.media_type = path, media_type
+        job.step, job.losses, job.seconds = step, losses, seconds
+        self._finish(job, JobStatus.SUCCEEDED)
+
+    def fail(self, job: Job, error: AtelierError) -> None:
+        if not job.status.terminal:
+            job.error = JobError.of(error)
+            self._finish(job, JobStatus.FAILED)
+
+    def cancelled(self, job: Job) -> None:
+        if not job.status.terminal:
+            self._finish(job, JobStatus.CANCELED)
+
+    def _finish(self, job: Job, status: JobStatus) -> None:
+        job.status = status
+        job.finished_at = time.time()
+        self._publish(job, status.value, job.document())
+
+    def _publish(self, job: Job, kind: str, data: BaseModel | dict[str, Any]) -> None:
+        job.events.append(JobEvent(job.next_event, kind, data))
+        job.next_event += 1
         changed, job.changed = job.changed, asyncio.Event()
         changed.set()
 
-    async def follow(
-        self, job: Job, after: int = 0, keepalive_s: float = 15.0
-    ) -> AsyncIterator[JobEvent | None]:
-        """Events with id > `after`, then new ones as they come, until the final one.
+    # ---- waiting ----------------------------------------------------------------------
 
-        Yields None when nothing happened for `keepalive_s` (time for a keep-alive comment).
-        """
+    async def follow(self, job: Job, after: int = 0) -> AsyncIterator[JobEvent]:
+        """Events with id > `after`, then new ones as they come, until the final one."""
         last = after
         while True:
             changed = job.changed
@@ -175,14 +313,11 @@ class JobStore:
                 if event.id > last:
                     last = event.id
                     yield event
-                    if event.type in ("succeeded", "failed", "canceled"):
+                    if event.type in FINAL_EVENTS:
                         return
             if job.status.terminal and not any(e.id > last for e in job.events):
                 return
-            try:
-                await asyncio.wait_for(changed.wait(), keepalive_s)
-            except TimeoutError:
-                yield None
+            await changed.wait()
 
     async def wait(self, job: Job, timeout_s: float | None = None) -> None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -192,6 +327,8 @@ class JobStore:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.changed.wait(), remaining)
+
+    # ---- expiry -----------------------------------------------------------------------
 
     def purge_expired(self) -> int:
         now = time.time()

@@ -10,8 +10,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import GenerationDep, SettingsDep, TimeoutDep
 from app.api.disconnect import unless_disconnected
-from app.api.negotiation import JSON, negotiate
-from app.api.problems import invalid_field
+from app.api.negotiation import negotiate
 from app.api.schemas import (
     GeneratedImage,
     GenerateRequest,
@@ -19,6 +18,7 @@ from app.api.schemas import (
     InterpolateRequest,
 )
 from app.engines.imaging import ImageFormat
+from app.errors import InvalidField
 from app.services.generation import Generated
 
 router = APIRouter(tags=["generate"])
@@ -81,9 +81,9 @@ async def generate(
     alone or in any batch; requests are coalesced into shared forward passes."""
     body = body or GenerateRequest()
     if body.n > settings.max_images_per_request:
-        raise invalid_field("n", f"must be <= {settings.max_images_per_request}")
+        raise InvalidField("n", f"must be <= {settings.max_images_per_request}")
     requested = ImageFormat(body.format.value) if body.format else None
-    kind = negotiate(accept, requested, STILL_FORMATS)
+    fmt = negotiate(accept, requested, STILL_FORMATS)
     generated = await unless_disconnected(
         request,
         service.generate(
@@ -94,7 +94,7 @@ async def generate(
     )
     _record(request, generated, body.n)
     headers = {"X-Seed": str(generated.seeds[0]), "X-Model": generated.model}
-    if kind == JSON:
+    if fmt is None:  # JSON: the images as data URLs
         fmt = requested or ImageFormat.PNG
         encoded = await service.encode_each(generated.images, fmt)
         payload = GenerateResponse(
@@ -108,12 +108,11 @@ async def generate(
             ],
         )
         return JSONResponse(payload.model_dump(), headers=headers)
-    assert isinstance(kind, ImageFormat)
     if body.n == 1:
-        data = await service.encode_one(generated.images[0], kind)
+        data = await service.encode_one(generated.images[0], fmt)
     else:
-        data = await service.encode_grid(generated.images, kind)
-    return Response(data, media_type=kind.media_type, headers=headers)
+        data = await service.encode_grid(generated.images, fmt)
+    return Response(data, media_type=fmt.media_type, headers=headers)
 
 
 @router.post(

@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import CatalogDep, PoolDep, SettingsDep
-from app.api.problems import Problem, problem_type
 from app.api.schemas import Health, LicenseInfo, ModelInfo, ModelList, Readiness, WorkerInfo
 from app.catalog import ModelStatus
+from app.errors import AtelierError
 
 router = APIRouter(tags=["system"])
+
+
+class NotReady(AtelierError):
+    status = 503
+    slug = "not-ready"
+    title = "Not ready"
+    retry_after_s = 5
+
+    def __init__(self, reasons: str, models: dict[str, str],
+                 workers: list[dict[str, Any]]) -> None:
+        super().__init__(reasons)
+        self.models, self.workers = models, workers
+
+    def extensions(self) -> dict[str, Any]:
+        return {"models": self.models, "workers": self.workers}
 
 
 @router.get("/healthz", summary="Liveness", response_model=Health)
@@ -36,11 +53,7 @@ async def readyz(catalog: CatalogDep, pool: PoolDep, settings: SettingsDep) -> R
     elif default.status is not ModelStatus.AVAILABLE:
         reasons.append(default.message or "default model unavailable")
     if reasons:
-        raise Problem(
-            503, "Not ready", "; ".join(reasons), type_=problem_type("not-ready"),
-            headers={"Retry-After": "5"}, models=models,
-            workers=[w.model_dump() for w in workers],
-        )
+        raise NotReady("; ".join(reasons), models, [w.model_dump() for w in workers])
     return Readiness(status="ready", workers=workers, models=models)
 
 

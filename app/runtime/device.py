@@ -14,7 +14,8 @@ from app.catalog import Catalog, ModelStatus
 from app.engines import gan, style
 from app.nets.loading import load_gan, load_vgg
 from app.nets.vgg import VGG19Features
-from app.pool.work import GenerateWork, StylizeWork, WorkItem
+from app.pool import WorkItem
+from app.runtime.work import GenerateWork, StylizeWork
 
 log = logging.getLogger("atelier.runtime")
 
@@ -81,7 +82,8 @@ class DeviceRuntime:
         generator = self._model(self.generators, batch[0].model)
         latents = torch.cat([w.latents for w in batch])
         images = gan.sample(generator, latents, self.device, max_images)
-        return list(images.split([w.size for w in batch]))
+        sizes: list[int] = [w.size for w in batch]
+        return list(torch.split(images, sizes))
 
     def _stylize(self, batch: list[StylizeWork]) -> list[style.StyleResult | Exception]:
         vgg = self._model(self.vggs, batch[0].model)

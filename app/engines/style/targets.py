@@ -1,0 +1,116 @@
+"""The losses of Gatys et al.: features, Gram matrices, per-job targets and the start image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from app.engines.style.cache import GramCache
+from app.engines.style.options import StyleOptions
+from app.engines.style.space import InputSpace
+from app.nets.vgg import VGG19Features
+
+
+def gram(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrix normalised by C*H*W, always in fp32 (also under autocast)."""
+    b, c, h, w = features.shape
+    with torch.autocast(features.device.type, enabled=False):
+        flat = features.float().reshape(b, c, h * w)
+        return torch.bmm(flat, flat.transpose(1, 2)) / (c * h * w)
+
+
+def features(vgg: VGG19Features, x: torch.Tensor, layers: Sequence[str],
+             options: StyleOptions) -> dict[str, torch.Tensor]:
+    """VGG activations of x at `layers`, in the job's precision and memory format."""
+    if options.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16,
+                        enabled=options.precision == "bf16"):
+        activations: dict[str, torch.Tensor] = vgg(x, layers)
+        return activations
+
+
+class StyleTargets:
+    """Content features and blended Gram targets, computed once per job."""
+
+    def __init__(
+        self, vgg: VGG19Features, space: InputSpace, content: torch.Tensor,
+        styles: Sequence[torch.Tensor], blend: Sequence[float], options: StyleOptions,
+        device: torch.device, cache: GramCache | None = None,
+    ) -> None:
+        with torch.no_grad():
+            x = space.preprocess(content, device)
+            self.content = features(vgg, x, [options.content_layer], options)[
+                options.content_layer].float()
+            total = float(sum(blend))
+            grams: dict[str, torch.Tensor] = {}
+            for style, weight in zip(styles, blend, strict=True):
+                per_style = self._style_grams(vgg, space, style, options, device, cache)
+                for layer in options.style_layers:
+                    g = per_style[layer] * (weight / total)
+                    grams[layer] = grams[layer] + g if layer in grams else g
+            self.grams = grams
+
+    @staticmethod
+    def _style_grams(
+        vgg: VGG19Features, space: InputSpace, style: torch.Tensor, options: StyleOptions,
+        device: torch.device, cache: GramCache | None,
+    ) -> dict[str, torch.Tensor]:
+        key = GramCache.key(vgg, style, space, options) if cache is not None else None
+        if cache is not None and key is not None and (cached := cache.get(key)) is not None:
+            return cached
+        feats = features(vgg, space.preprocess(style, device), options.style_layers, options)
+        grams = {layer: gram(feats[layer]) for layer in options.style_layers}
+        if cache is not None and key is not None:
+            cache.put(key, grams)
+        return grams
+
+
+def batch_losses(
+    vgg: VGG19Features, x: torch.Tensor, content_target: torch.Tensor,
+    grams: dict[str, torch.Tensor], weights: torch.Tensor, options: StyleOptions,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image (total, content, style, tv) for a batch x [B, 3, H, W], all fp32 [B].
+
+    `weights` [B, 3] holds each image's content, style and TV weights.
+    """
+    layers = [options.content_layer, *options.style_layers]
+    feats = features(vgg, x, layers, options)
+    content = (feats[options.content_layer].float() - content_target).pow(2).mean(dim=(1, 2, 3))
+    style = torch.zeros(x.shape[0], device=x.device)
+    for layer in options.style_layers:
+        style = style + (gram(feats[layer]) - grams[layer]).pow(2).mean(dim=(1, 2))
+    xf = x.float()
+    tv = (xf[..., 1:, :] - xf[..., :-1, :]).pow(2).mean(dim=(1, 2, 3)) + (
+        xf[..., :, 1:] - xf[..., :, :-1]).pow(2).mean(dim=(1, 2, 3))
+    total = weights[:, 0] * content + weights[:, 1] * style + weights[:, 2] * tv
+    return total, content, style, tv
+
+
+def losses(
+    vgg: VGG19Features, x: torch.Tensor, targets: StyleTargets, options: StyleOptions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, content, style, tv) of one image x [1, 3, H, W], as fp32 scalars."""
+    weights = torch.tensor([[options.content_weight, options.style_weight, options.tv_weight]],
+                           device=x.device)
+    total, content, style, tv = batch_losses(vgg, x, targets.content, targets.grams, weights,
+                                             options)
+    return total[0], content[0], style[0], tv[0]
+
+
+def initial_image(
+    content: torch.Tensor, options: StyleOptions, space: InputSpace, device: torch.device
+) -> torch.Tensor:
+    """The image the optimisation starts from: the content, the content plus noise, or noise."""
+    generator = torch.Generator(device="cpu").manual_seed(options.seed)
+    base = space.preprocess(content, device)
+    if options.init == "content":
+        return base.clone()
+    # Noise in the network's own units: about a quarter of the 0..255 pixel range.
+    sigma = 64.0 / space.scale / float(torch.tensor(space.std).mean())
+    noise = torch.randn(base.shape, generator=generator).to(device) * sigma
+    if options.init == "noise":
+        return base + noise
+    low, high = space.pixel_bounds(device)
+    return ((low + high) / 2 + noise).clamp(low, high)

@@ -1,0 +1,48 @@
+"""`build_pool`: the one place where settings become a worker pool (server, CLI, benches)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from app.catalog import Catalog
+from app.pool import Executor, Lane, PoolMetrics, WorkerPool
+from app.runtime.device import DeviceRuntime
+from app.runtime.work import GENERATE_LANE, STYLIZE_LANE
+from app.settings import Settings
+
+
+def lanes_for(settings: Settings, names: Sequence[str]) -> list[Lane]:
+    every = {
+        GENERATE_LANE: Lane(GENERATE_LANE, settings.workers_per_device, settings.queue_size,
+                            settings.max_batch_images, settings.batch_wait_ms),
+        # Style jobs run in a lane of their own, so a long job never holds up /generate:
+        # the two lanes' workers interleave on the device.
+        STYLIZE_LANE: Lane(STYLIZE_LANE, settings.stylize_workers_per_device,
+                           settings.max_active_jobs, settings.style_batch(),
+                           settings.style_batch_wait_ms),
+    }
+    return [every[name] for name in names]
+
+
+def build_pool(
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    lanes: Sequence[str] = (GENERATE_LANE, STYLIZE_LANE),
+    executor_factory: Callable[[str], Executor] | None = None,
+    metrics: PoolMetrics | None = None,
+) -> WorkerPool:
+    """A pool (not started) with the given lanes on every configured device.
+
+    `executor_factory` replaces the model runtime (tests, benches with a null model).
+    """
+    def runtime(device: str) -> Executor:
+        return DeviceRuntime(device, catalog, torch_threads=settings.torch_threads)
+
+    return WorkerPool(
+        settings.device_list(),
+        executor_factory or runtime,
+        lanes=lanes_for(settings, lanes),
+        retry_after_s=settings.retry_after_s,
+        metrics=metrics,
+    )

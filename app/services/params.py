@@ -1,0 +1,87 @@
+"""The parameters of a style job: the one definition the API's form, the CLI and the job's
+`options` echo share. Ranges that depend on the settings are checked by the service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.engines.style import Init, Optimizer, PreserveColor
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+FiniteWeight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class StyleParams(BaseModel):
+    """What a caller may set; None takes the model's (or the service's) default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(
+        None, ge=1, description="Optimisation steps (default `ATELIER_DEFAULT_STEPS`, at most"
+        " `ATELIER_MAX_STEPS`).", examples=[300])
+    size: int | None = Field(
+        None, ge=16, description="Long side of the output in pixels (default"
+        " `ATELIER_DEFAULT_SIZE`, at most `ATELIER_MAX_SIZE`).", examples=[512])
+    content_weight: FiniteWeight | None = Field(
+        None, description="Weight of the content loss (model default when omitted).",
+        examples=[1.0])
+    style_weight: FiniteWeight | None = Field(
+        None, description="Weight of the style loss: higher paints more strongly.",
+        examples=[30.0])
+    tv_weight: FiniteWeight | None = Field(
+        None, description="Total-variation weight (smoothness).", examples=[1.0])
+    optimizer: Optimizer = Field(
+        "lbfgs", description="`lbfgs` (better per step) or `adam`.")
+    init: Init = Field(
+        "content", description="Start from the content, the content plus noise, or noise.")
+    style_scale: float = Field(
+        1.0, gt=0, le=4, allow_inf_nan=False,
+        description="Style image size relative to the output.", examples=[1.0])
+    style_blend: list[FiniteWeight] | None = Field(
+        None, description="One weight per style image (repeat the field, or comma-separate"
+        " the weights in one value).", examples=[[0.7, 0.3]])
+    preserve_color: PreserveColor = Field(
+        "none", description="`luminance`: keep the content's colours (YCbCr) after the run;"
+        " `match`: recolour the style to the content's palette before it.")
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Seed of the noise initialisations (results are"
+        " deterministic on CPU).", examples=[0])
+    format: OutputFormat = Field("png", description="Output format.")
+    preview_every: int = Field(
+        0, ge=0, description="Steps between `preview` SSE events (0: none).", examples=[25])
+
+    @field_validator("style_blend", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        """`0.7,0.3` in one field, or the field repeated: both are a list of weights."""
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            return value
+        weights: list[Any] = []
+        for item in value:
+            if isinstance(item, str):
+                weights += [part.strip() for part in item.split(",") if part.strip()]
+            else:
+                weights.append(item)
+        return weights
+
+    @field_validator("style_blend")
+    @classmethod
+    def _positive_sum(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and sum(value) <= 0:
+            raise ValueError("the weights must have a positive sum")
+        return value or None
+
+    def echo(self) -> dict[str, Any]:
+        """The parameters alone (also for subclasses that add uploads, like the API's form)."""
+        return self.model_dump(include=set(StyleParams.model_fields))
+
+    def form_fields(self) -> dict[str, str]:
+        """The parameters that differ from the defaults, as multipart form fields."""
+        fields = {k: v for k, v in self.echo().items() if v != StyleParams.model_fields[k].default}
+        if "style_blend" in fields:
+            fields["style_blend"] = ",".join(f"{w:g}" for w in fields["style_blend"])
+        return {name: str(value) for name, value in fields.items()}
