@@ -21,6 +21,7 @@ run: models
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: models lint
 	$(BIN)/python -m pytest -q

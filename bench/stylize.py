@@ -13,6 +13,7 @@ configuration run before the timed run.
 from __future__ import annotations
 
 import argparse
+import functools
 import platform
 import sys
 import time
@@ -125,15 +126,20 @@ def main() -> None:
     base = StyleOptions(steps=args.steps, size=args.size, content_weight=1.0,
                         style_weight=args.style_weight, tv_weight=args.tv_weight,
                         progress_every=args.steps)
-    variants = [(f"atelier engine ({o})", replace(base, optimizer=o))  # type: ignore[arg-type]
+    variants = [(f"atelier engine ({o})", replace(base, optimizer=o))
                 for o in args.optimizers.split(",")]
     variants += [(f"atelier engine (lbfgs, {p}, channels_last)",
-                  replace(base, precision=p, channels_last=True))  # type: ignore[arg-type]
+                  replace(base, precision=p, channels_last=True))
                  for p in filter(None, args.precisions.split(","))]
+
+    def engine_run(options: StyleOptions) -> Callable[[int], torch.Tensor]:
+        def run(steps: int) -> torch.Tensor:
+            return stylize(vgg, content, [style], replace(options, steps=steps),
+                           device=device).image
+        return run
+
     for name, options in variants:
-        configs[name] = (
-            lambda steps, o=options: stylize(vgg, content, [style], replace(o, steps=steps),
-                                             device=device).image)
+        configs[name] = engine_run(options)
     cache = GramCache()
     configs["atelier engine (lbfgs), style targets cached"] = (
         lambda steps: stylize(vgg, content, [style], replace(base, steps=steps), device=device,
@@ -152,7 +158,7 @@ def main() -> None:
     for name, run in configs.items():
         if args.warmup:
             run(args.warmup)
-        image, seconds, peak = timed(device, lambda r=run: r(args.steps))
+        image, seconds, peak = timed(device, functools.partial(run, args.steps))
         loss = score(image)
         if baseline is None and name.startswith("textbook"):
             baseline = (seconds, loss)

@@ -65,11 +65,11 @@ def textbook(vgg: VGG19Features, content: torch.Tensor, style: torch.Tensor, ste
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         loss = objective(x)
-        loss.backward()
+        torch.autograd.backward(loss)
         return loss
 
     for _ in range(steps):
-        optimizer.step(closure)
+        optimizer.step(closure)  # type: ignore[no-untyped-call]  # torch leaves it untyped
     return to_image(x)
 
 
