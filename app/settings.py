@@ -60,7 +60,12 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="How long a finished job and its result are kept."
     )
     jobs_dir: Path = Field(
-        PROJECT_ROOT / "var" / "jobs", description="Where finished job results are stored."
+        PROJECT_ROOT / "var" / "jobs",
+        description="Where the job store keeps its database and the jobs' results.",
+    )
+    interrupted_jobs: Literal["requeue", "fail"] = Field(
+        "requeue", description="What start-up does with jobs that were queued or running when"
+        " the previous process stopped: run them again, or mark them failed (`interrupted`).",
     )
     style_model: str = Field("vgg19-caffe", description="Network used by /stylize.")
     max_upload_bytes: int = Field(
@@ -91,6 +96,10 @@ class Settings(BaseSettings):
         10, ge=1, description="Steps between progress events of a style job."
     )
     encode_threads: int = Field(2, ge=1, description="Threads that encode images (PNG/JPEG/…).")
+    decode_threads: int = Field(
+        1, ge=1, description="Threads that decode uploads (their own pool, so a burst of"
+        " uploads never delays /generate's encoding).",
+    )
     catalog_dir: Path = Field(
         PROJECT_ROOT / "models", description="Folder of model manifests (*.toml)."
     )
@@ -100,6 +109,33 @@ class Settings(BaseSettings):
     default_model: str = Field("dcgan-faces-64", description="Model used when none is named.")
     log_format: Literal["json", "text"] = Field("json", description="Access/app log format.")
     log_level: str = Field("INFO", description="Python logging level.")
+    allowed_hosts: str = Field(
+        "auto", description="Comma-separated Host header values the server answers (others:"
+        " 400), against DNS rebinding; `*` for any; `auto`: loopback names when bound to a"
+        " loopback address, else any.",
+    )
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed to call the API from a browser (CORS);"
+        " empty: none but the server's own pages. State-changing requests from any other site"
+        " are refused (403).",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request head (request line and headers); 431"
+        " beyond.",
+    )
+    api_keys: str = Field(
+        "", description="Comma-separated API keys; when set (or `ATELIER_API_KEYS_FILE` is),"
+        " every API request needs `Authorization: Bearer <key>` and a job is visible only to"
+        " the key that made it. Empty: no access control.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file with one API key per line (blank lines and `#` comments"
+        " ignored), added to `ATELIER_API_KEYS`.",
+    )
+    max_jobs_per_key: int = Field(
+        4, ge=1, description="Style jobs one API key may have queued or running at once"
+        " (429 + Retry-After beyond); only with API keys on.",
+    )
 
     def style_batch(self) -> int:
         if self.style_batch_size:
