@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi_offline import FastAPIOffline
 
 from app import __version__
-from app.api import problems
+from app.api import problems, security
 from app.api.disconnect import ClientDisconnected
 from app.api.limits import BodySizeLimit
 from app.api.middleware import AccessLog
@@ -22,6 +22,7 @@ from app.pool import Executor, PoolMetrics
 from app.runtime import build_pool
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
+from app.services.jobdb import SqliteJobs
 from app.services.jobs import JobStore
 from app.services.stylize import StylizeService
 from app.settings import Settings
@@ -66,22 +67,35 @@ def create_app(
                           metrics=metrics)
         await asyncio.to_thread(pool.start)
         encoder = Encoder(settings.encode_threads)
+        decoder = Encoder(settings.decode_threads)
         app.state.catalog = catalog
         app.state.pool = pool
         app.state.generation = GenerationService(catalog, pool, encoder)
-        store = JobStore(max_active=settings.max_active_jobs, max_jobs=settings.max_jobs,
-                         ttl_s=settings.job_ttl_s, results_dir=settings.jobs_dir,
-                         retry_after_s=max(settings.retry_after_s, 5))
-        app.state.stylize = StylizeService(catalog, pool, encoder, store, settings)
+        store = JobStore(
+            max_active=settings.max_active_jobs, max_jobs=settings.max_jobs,
+            ttl_s=settings.job_ttl_s, results_dir=settings.jobs_dir / "results",
+            inputs_dir=settings.jobs_dir / "inputs",
+            persistence=SqliteJobs(settings.jobs_dir / "jobs.sqlite3"),
+            retry_after_s=max(settings.retry_after_s, 5),
+            max_active_per_owner=settings.max_jobs_per_key if settings.keys_required() else None,
+        )
+        stylize = StylizeService(catalog, pool, encoder, store, settings, decoder=decoder)
+        app.state.stylize = stylize
+        resumed = await stylize.resume_unfinished()
         janitor = asyncio.create_task(_purge_expired_jobs(store, settings.job_ttl_s))
-        log.info("ready", extra={"fields": {"workers": pool.describe()}})
+        log.info("ready", extra={"fields": {"workers": pool.describe(), "jobs": len(store),
+                                            "jobs_resumed": resumed}})
         try:
             yield
         finally:
             janitor.cancel()
-            abandoned = await asyncio.to_thread(pool.shutdown, settings.shutdown_grace_s)
+            # Served by app.serving, the drain already ran when the signal came; otherwise
+            # (tests, other servers) unfinished jobs are re-queued for the next start here.
+            await stylize.drain(0)
+            abandoned = await asyncio.to_thread(pool.shutdown, 0)
             store.close()
             encoder.close()
+            decoder.close()
             log.info("stopped", extra={"fields": {"abandoned": abandoned}})
 
     app = FastAPIOffline(
@@ -106,5 +120,6 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, paths=("/stylize",))
     # JSON bodies of /generate are a few hundred bytes; nothing needs more than this.
     app.add_middleware(BodySizeLimit, max_bytes=64 * 1024, paths=("/generate",))
+    security.install(app, settings)
     app.add_middleware(AccessLog, registry=metrics.registry)
     return app

@@ -137,6 +137,19 @@ class Settings(BaseSettings):
         " (429 + Retry-After beyond); only with API keys on.",
     )
 
+    def api_key_list(self) -> list[str]:
+        """The configured API keys (ATELIER_API_KEYS and the lines of ATELIER_API_KEYS_FILE)."""
+        keys = [k.strip() for k in self.api_keys.split(",") if k.strip()]
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    keys.append(line)
+        return keys
+
+    def keys_required(self) -> bool:
+        return bool(self.api_keys.strip()) or self.api_keys_file is not None
+
     def style_batch(self) -> int:
         if self.style_batch_size:
             return self.style_batch_size

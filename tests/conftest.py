@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,9 +43,12 @@ def real_catalog() -> Catalog:
 
 
 def make_settings(**overrides: Any) -> Settings:
+    """Test settings; each call gets a fresh jobs dir (the job store is durable: a shared
+    one would carry jobs from one test's server into the next)."""
     base: dict[str, Any] = {
         "devices": "cpu", "catalog_dir": CATALOG_DIR, "model_dir": MODEL_DIR,
         "log_format": "text", "log_level": "WARNING", "shutdown_grace_s": 5,
+        "jobs_dir": Path(tempfile.mkdtemp(prefix="atelier-jobs-")),
     }
     return Settings(**(base | overrides))
 
@@ -129,3 +133,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 @pytest.fixture
 def tmp_model_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """`@pytest.mark.anyio` tests (in-process ones) run on asyncio, the server's loop."""
+    return "asyncio"

@@ -23,9 +23,11 @@ def atelier_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "app.cli"]
 
 
-def test_atelier_serve_boots_answers_and_stops_cleanly(real_catalog: object) -> None:
+def test_atelier_serve_boots_answers_and_stops_cleanly(real_catalog: object,
+                                                       tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "ATELIER_PORT": str(port), "ATELIER_LOG_FORMAT": "json"}
+    env = {**os.environ, "ATELIER_PORT": str(port), "ATELIER_LOG_FORMAT": "json",
+           "ATELIER_JOBS_DIR": str(tmp_path / "jobs")}
     proc = subprocess.Popen(
         [*atelier_command(), "serve"], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
@@ -48,7 +50,7 @@ def test_atelier_serve_boots_answers_and_stops_cleanly(real_catalog: object) -> 
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
-    # uvicorn re-raises the signal after a clean shutdown, as a well-behaved daemon does
-    assert proc.returncode in (0, -signal.SIGTERM), output
+    # A requested stop that drains cleanly is a success.
+    assert proc.returncode == 0, output
     assert '"msg": "request"' in output and '"path": "/generate"' in output
     assert '"msg": "stopped"' in output

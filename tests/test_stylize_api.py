@@ -228,7 +228,7 @@ def test_job_limits_and_ttl(real_catalog: object, tmp_path: Path) -> None:
         done = client.post("/stylize", files=files())
         assert done.status_code == 200
         job_id = done.headers["x-job-id"]
-        result_files = list((tmp_path / "jobs").iterdir())
+        result_files = list((tmp_path / "jobs" / "results").iterdir())
         assert len(result_files) == 1
         time.sleep(1.2)
         assert client.get(f"/jobs/{job_id}").status_code == 404

@@ -194,6 +194,11 @@ class WorkerPool:
         )
         self._supervisor.start()
 
+    def close(self) -> None:
+        """Admit no new work (PoolClosed); what was accepted goes on."""
+        for scheduler in self.schedulers.values():
+            scheduler.close()
+
     def shutdown(self, grace_s: float = 30.0) -> int:
         """Refuse new work, let accepted work finish within `grace_s`, then stop.
 

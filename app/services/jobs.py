@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
-import shutil
 import threading
 import time
 from collections import deque
@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from app.errors import PROBLEM_TYPE_PREFIX, AtelierError
+from app.services.jobdb import JobPersistence, JobRecord
 
 
 class JobStatus(StrEnum):
@@ -37,7 +38,10 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
-FINAL_EVENTS = frozenset(s.value for s in JobStatus if s.terminal)
+# The last event a stream sends: a final status, or "interrupted" when the server stops
+# with the job unfinished (it is re-queued; a client reconnects with Last-Event-ID).
+INTERRUPTED = "interrupted"
+FINAL_EVENTS = frozenset({*(s.value for s in JobStatus if s.terminal), INTERRUPTED})
 
 
 class JobLimit(AtelierError):
@@ -47,6 +51,16 @@ class JobLimit(AtelierError):
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class OwnerJobLimit(AtelierError):
+    status = 429
+    slug = "too-many-jobs-for-key"
+    title = "Too many jobs for this key"
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"this API key already has {limit} jobs queued or running")
         self.retry_after_s = retry_after_s
 
 
@@ -145,7 +159,7 @@ class JobDocument(JobProgress):
 @dataclass
 class JobEvent:
     id: int
-    type: str  # progress | preview | succeeded | failed | canceled
+    type: str  # progress | preview | succeeded | failed | canceled | interrupted
     data: BaseModel | dict[str, Any]
 
 
@@ -154,6 +168,8 @@ class Job:
     id: str
     steps: int
     options: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)  # what the caller asked for
+    owner: str | None = None
     status: JobStatus = JobStatus.QUEUED
     step: int = 0
     losses: Losses | None = None
@@ -164,10 +180,12 @@ class Job:
     error: JobError | None = None
     result_path: Path | None = None
     media_type: str | None = None
+    next_event: int = 1
+    # Live state of this process only.
     cancel: threading.Event = field(default_factory=threading.Event)
+    interrupted: bool = False
     events: deque[JobEvent] = field(default_factory=lambda: deque(maxlen=512))
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    next_event: int = 1
 
     @property
     def eta_seconds(self) -> float | None:
@@ -197,6 +215,29 @@ class Job:
                            result=f"/jobs/{self.id}/result"),
         )
 
+    def record(self) -> JobRecord:
+        return JobRecord(
+            id=self.id, owner=self.owner, status=self.status.value, steps=self.steps,
+            step=self.step, losses=self.losses.model_dump() if self.losses else None,
+            created_at=self.created_at, started_at=self.started_at,
+            finished_at=self.finished_at, seconds=self.seconds,
+            error=self.error.model_dump() if self.error else None, options=self.options,
+            params=self.params, result_path=str(self.result_path) if self.result_path else None,
+            media_type=self.media_type, next_event=self.next_event,
+        )
+
+    @classmethod
+    def from_record(cls, r: JobRecord) -> Job:
+        return cls(
+            id=r.id, steps=r.steps, options=r.options, params=r.params, owner=r.owner,
+            status=JobStatus(r.status), step=r.step,
+            losses=Losses(**r.losses) if r.losses else None, created_at=r.created_at,
+            started_at=r.started_at, finished_at=r.finished_at, seconds=r.seconds,
+            error=JobError(**r.error) if r.error else None,
+            result_path=Path(r.result_path) if r.result_path else None,
+            media_type=r.media_type, next_event=r.next_event,
+        )
+
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
@@ -204,20 +245,41 @@ def _iso(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{16}$")  # secrets.token_urlsafe(12)
+
+
 class JobStore:
+    """Jobs, their events and their files. With a `persistence`, every state change is
+    written through it and a new store picks up where the last one stopped: finished jobs
+    stay retrievable until their TTL, unfinished ones come back in `unfinished()`.
+
+    Files: results in `results_dir`, uploads of unfinished jobs in `inputs_dir` (kept so
+    that an interrupted job can run again). Only files the store created are deleted.
+    """
+
     def __init__(
         self, *, max_active: int, max_jobs: int, ttl_s: float, results_dir: Path,
-        retry_after_s: int = 5,
+        persistence: JobPersistence | None = None, inputs_dir: Path | None = None,
+        retry_after_s: int = 5, max_active_per_owner: int | None = None,
     ) -> None:
         self.max_active = max_active
         self.max_jobs = max_jobs
         self.ttl_s = ttl_s
         self.results_dir = results_dir
+        self.inputs_dir = inputs_dir
         self.retry_after_s = retry_after_s
+        self.max_active_per_owner = max_active_per_owner
+        self._persistence = persistence
         self._jobs: dict[str, Job] = {}
-        # Results of an earlier process belong to jobs this one never knew.
-        shutil.rmtree(results_dir, ignore_errors=True)
         results_dir.mkdir(parents=True, exist_ok=True)
+        if inputs_dir is not None:
+            inputs_dir.mkdir(parents=True, exist_ok=True)
+        if persistence is not None:
+            for record in persistence.load():
+                job = Job.from_record(record)
+                self._jobs[job.id] = job
+            self._delete_orphans()
+            self.purge_expired()
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -226,28 +288,41 @@ class JobStore:
     def active(self) -> int:
         return sum(not j.status.terminal for j in self._jobs.values())
 
-    def create(self, steps: int, options: dict[str, Any]) -> Job:
+    def unfinished(self) -> list[Job]:
+        """Jobs that are queued or running, oldest first (after a restart: interrupted)."""
+        return sorted((j for j in self._jobs.values() if not j.status.terminal),
+                      key=lambda j: j.created_at)
+
+    def create(self, steps: int, options: dict[str, Any], *, params: dict[str, Any] | None = None,
+               owner: str | None = None) -> Job:
         self.purge_expired()
         if self.active >= self.max_active:
             raise JobLimit(f"{self.max_active} jobs are already queued or running",
                            self.retry_after_s)
+        if owner is not None and self.max_active_per_owner is not None and sum(
+                j.owner == owner and not j.status.terminal
+                for j in self._jobs.values()) >= self.max_active_per_owner:
+            raise OwnerJobLimit(self.max_active_per_owner, self.retry_after_s)
         while len(self._jobs) >= self.max_jobs:
             finished = [j for j in self._jobs.values() if j.status.terminal]
             if not finished:
                 raise JobLimit(f"the job store is full ({self.max_jobs} jobs)",
                                self.retry_after_s)
             self._remove(min(finished, key=lambda j: j.finished_at or 0))
-        job = Job(id=secrets.token_urlsafe(12), steps=steps, options=options)
+        job = Job(id=secrets.token_urlsafe(12), steps=steps, options=options,
+                  params=params or {}, owner=owner)
         self._jobs[job.id] = job
+        self._save(job)
         return job
 
-    def get(self, job_id: str) -> Job:
-        """The job, or JobNotFound (also once it has expired)."""
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, or JobNotFound (also once it has expired, or when it belongs to another
+        owner: a job id is not a secret worth probing for)."""
         job = self._jobs.get(job_id)
         if job is not None and self._expired(job, time.time()):
             self._remove(job)
             job = None
-        if job is None:
+        if job is None or (owner is not None and job.owner != owner):
             raise JobNotFound(job_id)
         return job
 
@@ -256,6 +331,28 @@ class JobStore:
 
     def result_path(self, job: Job, extension: str) -> Path:
         return self.results_dir / f"{job.id}.{extension}"
+
+    # ---- uploads kept for re-queueing ----------------------------------------------------
+
+    def save_inputs(self, job: Job, content: bytes, styles: list[bytes]) -> None:
+        """Keep the uploads until the job ends (blocking: call it off the event loop)."""
+        folder = self._inputs(job)
+        if folder is None:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "content").write_bytes(content)
+        for i, data in enumerate(styles):
+            (folder / f"style-{i}").write_bytes(data)
+
+    def load_inputs(self, job: Job) -> tuple[bytes, list[bytes]] | None:
+        folder = self._inputs(job)
+        if folder is None or not (folder / "content").is_file():
+            return None
+        styles = sorted(folder.glob("style-*"), key=lambda p: int(p.name.split("-")[1]))
+        return (folder / "content").read_bytes(), [p.read_bytes() for p in styles]
+
+    def _inputs(self, job: Job) -> Path | None:
+        return None if self.inputs_dir is None else self.inputs_dir / job.id
 
     # ---- state transitions: the only code that changes a job's status ----------------
 
@@ -291,16 +388,30 @@ class JobStore:
         if not job.status.terminal:
             self._finish(job, JobStatus.CANCELED)
 
+    def requeue(self, job: Job) -> None:
+        """Back to the queue (a restart runs it again): its followers' streams end here."""
+        if job.status.terminal:
+            return
+        job.status, job.step, job.losses, job.started_at = JobStatus.QUEUED, 0, None, None
+        job.interrupted = True
+        self._publish(job, INTERRUPTED, job.document())
+
     def _finish(self, job: Job, status: JobStatus) -> None:
         job.status = status
         job.finished_at = time.time()
+        self._delete_inputs(job)
         self._publish(job, status.value, job.document())
 
     def _publish(self, job: Job, kind: str, data: BaseModel | dict[str, Any]) -> None:
         job.events.append(JobEvent(job.next_event, kind, data))
         job.next_event += 1
+        self._save(job)
         changed, job.changed = job.changed, asyncio.Event()
         changed.set()
+
+    def _save(self, job: Job) -> None:
+        if self._persistence is not None:
+            self._persistence.save(job.record())
 
     # ---- waiting ----------------------------------------------------------------------
 
@@ -315,20 +426,22 @@ class JobStore:
                     yield event
                     if event.type in FINAL_EVENTS:
                         return
-            if job.status.terminal and not any(e.id > last for e in job.events):
+            if (job.status.terminal or job.interrupted) and not any(
+                    e.id > last for e in job.events):
                 return
             await changed.wait()
 
     async def wait(self, job: Job, timeout_s: float | None = None) -> None:
+        """Until the job ends, this process stops running it, or `timeout_s` passes."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not job.status.terminal:
+        while not (job.status.terminal or job.interrupted):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.changed.wait(), remaining)
 
-    # ---- expiry -----------------------------------------------------------------------
+    # ---- expiry and files -------------------------------------------------------------
 
     def purge_expired(self) -> int:
         now = time.time()
@@ -342,10 +455,39 @@ class JobStore:
 
     def _remove(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
-        if job.result_path is not None:
+        if self._persistence is not None:
+            self._persistence.delete(job.id)
+        if job.result_path is not None and job.result_path.parent == self.results_dir:
             job.result_path.unlink(missing_ok=True)
+        self._delete_inputs(job)
+
+    def _delete_inputs(self, job: Job) -> None:
+        folder = self._inputs(job)
+        if folder is not None and folder.is_dir():
+            for file in folder.iterdir():
+                if file.name == "content" or file.name.startswith("style-"):
+                    file.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: someone else's files stay
+                folder.rmdir()
+
+    def _delete_orphans(self) -> None:
+        """Results and uploads of jobs no record knows (a crash between file and record)."""
+        for file in self.results_dir.iterdir():
+            stem, _, ext = file.name.partition(".")
+            if (_JOB_ID.match(stem) and ext in ("png", "jpeg", "webp")
+                    and stem not in self._jobs):
+                file.unlink(missing_ok=True)
+        if self.inputs_dir is not None:
+            for folder in self.inputs_dir.iterdir():
+                if folder.is_dir() and _JOB_ID.match(folder.name) and folder.name not in self._jobs:
+                    self._delete_inputs(Job(id=folder.name, steps=0, options={}))
 
     def close(self) -> None:
+        """Stop this process's live state; persisted jobs stay for the next process."""
         for job in list(self._jobs.values()):
             job.cancel.set()
-            self._remove(job)
+        if self._persistence is not None:
+            self._persistence.close()
+        else:
+            for job in list(self._jobs.values()):
+                self._remove(job)

@@ -9,11 +9,13 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from app.catalog import Catalog, Manifest
 from app.engines import imaging
 from app.engines.decoding import ImageInputError, decode_upload
 from app.engines.imaging import ImageFormat
-from app.engines.style import Cancelled, Progress, StyleOptions, StyleResult
+from app.engines.style import MIN_SIDE, Cancelled, Progress, StyleOptions, StyleResult, fits
 from app.errors import AtelierError, InvalidField, as_atelier_error
 from app.pool import WorkerPool
 from app.runtime import StylizeWork
@@ -94,19 +96,40 @@ def engine_options(
     )
 
 
+class Interrupted(AtelierError):
+    status = 503
+    slug = "interrupted"
+    title = "Interrupted"
+    retry_after_s = 5
+
+    def __init__(self, job: Job, requeued: bool) -> None:
+        super().__init__(
+            f"the server stopped before job {job.id} finished; "
+            + ("it runs again when the server is back: follow /jobs/" + job.id if requeued
+               else "it was not re-queued (ATELIER_INTERRUPTED_JOBS=fail)"))
+        self.job_id = job.id
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Job-Id": self.job_id, "Location": f"/jobs/{self.job_id}"}
+
+
 class StylizeService:
     def __init__(
         self, catalog: Catalog, pool: WorkerPool, encoder: Encoder, store: JobStore,
-        settings: Settings,
+        settings: Settings, *, decoder: Encoder | None = None,
     ) -> None:
         self.catalog = catalog
         self.pool = pool
         self.encoder = encoder
+        # Uploads decode in a pool of their own: a burst of them never delays the encoding
+        # of /generate's answers.
+        self.decoder = decoder or encoder
         self.store = store
         self.settings = settings
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
-        # asyncio keeps only weak references to tasks: hold the finishing ones here.
-        self._finishing: set[asyncio.Task[None]] = set()
+        # asyncio keeps only weak references to tasks: hold the running ones here.
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
 
     def resolve(self) -> Manifest:
         return require_model(self.catalog, self.settings.style_model, "vgg")
@@ -114,14 +137,35 @@ class StylizeService:
     def options_for(self, params: StyleParams, styles: int, manifest: Manifest) -> StyleOptions:
         return engine_options(params, styles, manifest, self.settings)
 
-    async def submit(self, content: bytes, styles: list[bytes], params: StyleParams) -> Job:
+    async def submit(self, content: bytes, styles: list[bytes], params: StyleParams,
+                     owner: str | None = None) -> Job:
+        """Check, admit, decode and queue a job. Admission comes first: a request that would
+        be refused costs no decoding."""
         manifest = self.resolve()
         options = self.options_for(params, len(styles), manifest)
-        decoded = await self.encoder.run(self._decode_all, content, styles)
         echo = {**params.echo(), **{k: getattr(options, k) for k in (
             "steps", "size", "content_weight", "style_weight", "tv_weight", "seed")},
             "model": manifest.name}
-        job = self.store.create(options.steps, echo)
+        job = self.store.create(options.steps, echo, params=params.echo(), owner=owner)
+        try:
+            decoded = await self.decoder.run(self._prepare_inputs, job, content, styles,
+                                             options, True)
+            self._queue(job, manifest, options, decoded, params.format)
+        except BaseException:
+            self.store.discard(job)
+            raise
+        return job
+
+    def _prepare_inputs(self, job: Job, content: bytes, styles: list[bytes],
+                        options: StyleOptions, keep: bool) -> list[torch.Tensor]:
+        """Decode (on a decode thread) and, for a restart, keep the uploads."""
+        images = self._decode_all(content, styles, options)
+        if keep:
+            self.store.save_inputs(job, content, styles)
+        return images
+
+    def _queue(self, job: Job, manifest: Manifest, options: StyleOptions,
+               decoded: list[torch.Tensor], fmt: str) -> None:
         loop = asyncio.get_running_loop()
         work = StylizeWork(
             model=manifest.name, content=decoded[0], styles=decoded[1:], options=options,
@@ -129,28 +173,76 @@ class StylizeService:
             on_start=lambda: loop.call_soon_threadsafe(self.store.start, job),
             on_progress=lambda p: self._progress_from_worker(loop, job, p),
         )
-        try:
-            future = self.pool.submit(work)
-        except AtelierError:
-            self.store.discard(job)
-            raise
+        future = self.pool.submit(work)
         self._futures[job.id] = future
-        fmt = ImageFormat(params.format)
+        image_format = ImageFormat(fmt)
         future.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._schedule_finish, job, f, fmt))
-        return job
+            lambda f: loop.call_soon_threadsafe(self._schedule_finish, job, f, image_format))
 
-    def _decode_all(self, content: bytes, styles: list[bytes]) -> list[Any]:
+    def _decode_all(self, content: bytes, styles: list[bytes],
+                    options: StyleOptions) -> list[torch.Tensor]:
+        style_side = round(options.size * options.style_scale)
+        named = [("content", content, options.size)] + [
+            (f"style[{i}]" if len(styles) > 1 else "style", data, style_side)
+            for i, data in enumerate(styles)]
         images = []
-        named = [("content", content)] + [
-            (f"style[{i}]" if len(styles) > 1 else "style", s) for i, s in enumerate(styles)]
-        for name, data in named:
+        for name, data, long_side in named:
             try:
-                images.append(decode_upload(data, self.settings.max_pixels))
+                image = decode_upload(data, self.settings.max_pixels)
             except ImageInputError as exc:
                 exc.field = name
                 raise
+            if not fits(image.shape, long_side):
+                h, w = image.shape[:2]
+                raise InvalidField(
+                    name, f"a {w}x{h} image is too elongated for a long side of {long_side}"
+                    f" px: its short side would be under {MIN_SIDE} px (at most"
+                    f" {long_side // MIN_SIDE}:1 at this size)")
+            images.append(image)
         return images
+
+    async def resume_unfinished(self) -> int:
+        """At start-up: run again, or fail, the jobs the previous process left unfinished
+        (ATELIER_INTERRUPTED_JOBS). Returns how many were re-queued."""
+        requeued = 0
+        for job in self.store.unfinished():
+            inputs = self.store.load_inputs(job)
+            if self.settings.interrupted_jobs == "fail" or inputs is None:
+                self.store.fail(job, Interrupted(job, requeued=False))
+                continue
+            try:
+                params = StyleParams.model_validate(job.params)
+                manifest = self.resolve()
+                options = self.options_for(params, len(inputs[1]), manifest)
+                decoded = await self.decoder.run(self._prepare_inputs, job, inputs[0],
+                                                 inputs[1], options, False)
+                job.status, job.step, job.interrupted = JobStatus.QUEUED, 0, False
+                self._queue(job, manifest, options, decoded, params.format)
+                requeued += 1
+            except AtelierError as exc:
+                self.store.fail(job, exc)
+        return requeued
+
+    async def drain(self, grace_s: float) -> None:
+        """Shutdown: running jobs get until `grace_s` to finish; then they (and the queued
+        ones) stop within a step and go back to the queue for the next start, and their
+        followers get a final `interrupted` event."""
+        self.pool.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._futures and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        self._draining = True
+        pending = list(self._futures.values())
+        for job in self.store.unfinished():
+            job.cancel.set()
+        for future in pending:
+            future.cancel()  # queued: never starts; running: stops at the next step
+        if pending:
+            await asyncio.wait([asyncio.wrap_future(f) for f in pending], timeout=10)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for job in self.store.unfinished():
+            self.store.requeue(job)
 
     def _progress_from_worker(
         self, loop: asyncio.AbstractEventLoop, job: Job, progress: Progress
@@ -167,18 +259,20 @@ class StylizeService:
         self, job: Job, future: concurrent.futures.Future[Any], fmt: ImageFormat
     ) -> None:
         task = asyncio.ensure_future(self._finish(job, future, fmt))
-        self._finishing.add(task)
-        task.add_done_callback(self._finishing.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _finish(
         self, job: Job, future: concurrent.futures.Future[Any], fmt: ImageFormat
     ) -> None:
         self._futures.pop(job.id, None)
-        if future.cancelled():
-            self.store.cancelled(job)
+        exc = None if future.cancelled() else future.exception()
+        stopped = future.cancelled() or isinstance(exc, Cancelled) or (
+            exc is None and job.cancel.is_set())
+        if stopped and self._draining:
+            self.store.requeue(job)  # the server is stopping, not the user
             return
-        exc = future.exception()
-        if isinstance(exc, Cancelled) or (exc is None and job.cancel.is_set()):
+        if stopped:
             self.store.cancelled(job)
             return
         if exc is not None:
@@ -211,4 +305,6 @@ class StylizeService:
             return job.result_path, job.media_type or "application/octet-stream"
         if job.status is JobStatus.FAILED and job.error is not None:
             raise JobFailed(job)
+        if job.interrupted:
+            raise Interrupted(job, requeued=True)
         raise JobNotFinished(job)

@@ -22,7 +22,7 @@ from app.engines.style.options import (
     StyleOptions,
     StyleResult,
 )
-from app.engines.style.shapes import MIN_SIDE, batch_key, output_shape, resize_long_side
+from app.engines.style.shapes import MIN_SIDE, batch_key, fits, output_shape, resize_long_side
 from app.engines.style.space import CAFFE, IMAGENET, InputSpace, input_space
 from app.engines.style.targets import (
     StyleTargets,
@@ -55,6 +55,7 @@ __all__ = [
     "batch_key",
     "batch_losses",
     "features",
+    "fits",
     "gram",
     "initial_image",
     "input_space",

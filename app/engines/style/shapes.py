@@ -26,6 +26,14 @@ def resize_long_side(image: torch.Tensor, long_side: int, min_side: int = 1) -> 
     return y.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous()
 
 
+def fits(shape: Sequence[int], long_side: int) -> bool:
+    """Whether an image of this shape, resized to `long_side`, keeps a short side the
+    network can use. Jobs must be checked with it: otherwise the minimum short side would
+    win over the long side and a 100000x1 image would ask for gigabytes."""
+    h, w = shape[0], shape[1]
+    return round(min(h, w) * long_side / max(h, w)) >= MIN_SIDE
+
+
 def output_shape(content_shape: Sequence[int], size: int) -> tuple[int, int]:
     """(H, W) of the result for a content image of this shape."""
     h, w = content_shape[0], content_shape[1]
