@@ -315,3 +315,81 @@ def test_the_imagenet_input_space_round_trips() -> None:
                                              -0.406 / 0.225]))
     assert style.input_space({"input_space": "imagenet"}) is style.IMAGENET
     assert style.input_space({}) == style.CAFFE
+
+
+def _key(options: StyleOptions, content: torch.Tensor) -> tuple[object, ...]:
+    return style.batch_key(options, content.shape)
+
+
+def test_a_job_that_joins_a_running_batch_gets_its_result_alone(vgg: VGG19Features) -> None:
+    """Continuous batching: B joins at A's step 4; each keeps its own step count, optimiser
+    history and progress, and ends with the result it has alone (up to rounding)."""
+    a = replace(BASE, steps=10, progress_every=5)
+    b = replace(BASE, steps=6, style_weight=200.0, init="noise", seed=3, progress_every=2)
+    content = image("content.jpg")
+    seen: dict[str, list[tuple[int, int]]] = {"a": [], "b": []}
+    job_a = style.StyleJob(content, [image("starry.jpg")], a,
+                           on_progress=lambda p: seen["a"].append((p.step, p.steps)))
+    job_b = style.StyleJob(content, [image("wave.jpg")], b,
+                           on_progress=lambda p: seen["b"].append((p.step, p.steps)))
+    batch = style.StyleBatch(vgg, _key(a, content), a, device=CPU)
+    batch.join(job_a)
+    outcomes: dict[str, style.StyleResult | Exception] = {}
+    for step in range(1, 20):
+        if step == 5:
+            batch.join(job_b)
+        for job, outcome in batch.step():
+            outcomes["a" if job is job_a else "b"] = outcome
+        if not len(batch):
+            break
+    assert seen["a"] == [(5, 10), (10, 10)] and seen["b"] == [(2, 6), (4, 6), (6, 6)]
+    for name, job in (("a", job_a), ("b", job_b)):
+        joined = outcomes[name]
+        alone = style.stylize(vgg, job.content, job.styles, job.options, device=CPU)
+        assert isinstance(joined, style.StyleResult) and joined.steps == job.options.steps
+        # The tolerance of batched against alone (the test above): with two intra-op
+        # threads oneDNN rounds differently per batch size, and L-BFGS amplifies it.
+        assert abs(joined.losses.total - alone.losses.total) <= 0.02 * alone.losses.total
+        assert (joined.image.float() - alone.image.float()).abs().mean() < 3.0  # of 255
+
+
+def test_jobs_with_different_step_counts_share_a_batch_and_leave_in_turn(
+        vgg: VGG19Features) -> None:
+    options = [replace(BASE, steps=n, progress_every=100) for n in (2, 5, 3)]
+    jobs = [style.StyleJob(image("content.jpg"), [image("starry.jpg")], o) for o in options]
+    results = style.stylize_batch(vgg, jobs, device=CPU)
+    assert [r.steps for r in results if isinstance(r, style.StyleResult)] == [2, 5, 3]
+
+
+def test_shape_buckets_bound_the_compute_shapes_and_keep_the_natural_shape(
+        vgg: VGG19Features) -> None:
+    size, bucket = 512, 64
+    shapes = set()
+    for h in range(16, 4001, 7):  # every aspect ratio from 16:4000 to 4000:16
+        for natural_side in (h,):
+            natural = style.output_shape((natural_side, 4000 - natural_side + 16), size)
+            if min(natural) < style.MIN_SIDE:
+                continue
+            shapes.add(style.compute_shape(natural, bucket))
+    # at most size/bucket short sides per orientation
+    assert len(shapes) <= 2 * size // bucket
+    assert all(max(s) == size and min(s) % bucket == 0 for s in shapes)
+    # The result keeps the content's own shape; similar aspect ratios share a batch key.
+    content = image("content.jpg")  # 4:3
+    wider = content[:, : content.shape[1] - 3]
+    options = replace(BASE, steps=3, size=64, bucket_px=32)
+    assert _key(options, content) == _key(options, wider)
+    assert _key(replace(options, bucket_px=0), content) != _key(
+        replace(options, bucket_px=0), wider)
+    result = style.stylize(vgg, wider, [image("starry.jpg")], options, device=CPU)
+    assert result.image.shape[:2] == style.output_shape(wider.shape, 64)
+
+
+def test_padding_to_a_bucket_mirrors_the_edges_and_crops_back() -> None:
+    content = image("content.jpg")
+    padded, top, left = style.pad_to(content, (content.shape[0] + 10, content.shape[1] + 3))
+    assert padded.shape[:2] == (content.shape[0] + 10, content.shape[1] + 3)
+    assert (top, left) == (5, 1)
+    assert torch.equal(padded[top:top + content.shape[0], left:left + content.shape[1]],
+                       content)
+    assert torch.equal(padded[top - 1], content[1])  # reflected, not repeated

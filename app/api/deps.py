@@ -74,10 +74,19 @@ def request_timeout(
 TimeoutDep = Annotated[float, Depends(request_timeout)]
 
 
-def get_job(job_id: str, service: StylizeDep) -> Job:
-    """The job named in the path; resolved before a response starts, so an unknown id is a
-    404 even on the event stream."""
-    return service.store.get(job_id)
+def get_owner(request: Request) -> str | None:
+    """The API key's id (set by the security middleware when keys are on), else None."""
+    owner: str | None = getattr(request.state, "principal", None)
+    return owner
+
+
+OwnerDep = Annotated[str | None, Depends(get_owner)]
+
+
+def get_job(job_id: str, service: StylizeDep, owner: OwnerDep) -> Job:
+    """The job named in the path, if the caller may see it; resolved before a response
+    starts, so an unknown id is a 404 even on the event stream."""
+    return service.store.get(job_id, owner)
 
 
 JobDep = Annotated[Job, Depends(get_job)]

@@ -16,7 +16,7 @@ def _parse_accept(accept: str) -> list[tuple[str, float]]:
             continue
         q = 1.0
         for param in params:
-            if param.startswith("q="):
+            if param.lower().startswith("q="):  # parameter names are case-insensitive
                 try:
                     q = float(param[2:])
                 except ValueError:

@@ -19,12 +19,18 @@ log = logging.getLogger("atelier.api")
 PROBLEM_JSON = "application/problem+json"
 
 
+# RFC 9110's names, which Python's HTTPStatus only adopted in 3.13 for some codes: the
+# problem type of a status must not depend on the interpreter.
+_PHRASES = {413: "Content Too Large", 422: "Unprocessable Content",
+            431: "Request Header Fields Too Large"}
+
+
 class HttpProblem(AtelierError):
     """An error of the HTTP protocol itself (unknown route, wrong method, 406, 413)."""
 
     def __init__(self, status: int, detail: str | None = None, *,
                  headers: dict[str, str] | None = None) -> None:
-        phrase = HTTPStatus(status).phrase
+        phrase = _PHRASES.get(status) or HTTPStatus(status).phrase
         super().__init__(detail or phrase)
         self.status, self.title = status, phrase
         self.slug = phrase.lower().replace(" ", "-")
@@ -56,12 +62,19 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
+def _error(e: dict[str, Any]) -> dict[str, str]:
+    loc = tuple(e.get("loc", ()))
+    if e.get("type") == "json_invalid":
+        # pydantic puts the character offset where a field name would be
+        where = f" at character {loc[-1]}" if loc and isinstance(loc[-1], int) else ""
+        reason = (e.get("ctx") or {}).get("error")
+        return {"field": "body", "type": "json_invalid",
+                "message": f"invalid JSON{where}" + (f": {reason}" if reason else "")}
+    return {"field": _field_name(loc), "message": e.get("msg", ""), "type": e.get("type", "")}
+
+
 def request_invalid(exc: RequestValidationError) -> RequestInvalid:
-    return RequestInvalid([
-        {"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", ""),
-         "type": e.get("type", "")}
-        for e in exc.errors()
-    ])
+    return RequestInvalid([_error(e) for e in exc.errors()])
 
 
 def problem_body(error: AtelierError, instance: str, request_id: str | None) -> dict[str, Any]:

@@ -19,7 +19,10 @@ branch (a curvature pair that fails the test yᵀs > ε is stored as zeros, whic
 ignores), so a step can also be captured in a CUDA graph. The step size is fixed (lr, and
 min(1, 1/|g|₁)·lr on the first step, as `torch.optim.LBFGS` without line search does).
 
-Each image of the batch has its own history and scaling gamma: batching jobs changes no result.
+Each image of the batch has its own history, scaling gamma and step count, so images can
+join a running batch (`add`) and leave it (`keep`) at any step: continuous batching, as LLM
+servers do with sequences. A row's ring position follows its own step count; batching jobs
+changes no result beyond floating-point rounding.
 """
 
 from __future__ import annotations
@@ -33,54 +36,85 @@ DESCENT_TOLERANCE = 1e-9
 class BatchedLBFGS:
     def __init__(self, x: torch.Tensor, history: int = 100, lr: float = 1.0,
                  dtype: torch.dtype = torch.float32) -> None:
-        batch = x.shape[0]
-        n = x[0].numel()
         self.m = history
         self.lr = lr
-        self.steps = 0
-        device, f64 = x.device, torch.float64
-        self.S = torch.zeros(batch, history, n, device=device, dtype=dtype)
-        self.Y = torch.zeros(batch, history, n, device=device, dtype=dtype)
-        self.SY = torch.zeros(batch, history, history, device=device, dtype=f64)  # s_i · y_j
-        self.YY = torch.zeros(batch, history, history, device=device, dtype=f64)  # y_i · y_j
-        self.gamma = torch.ones(batch, device=device, dtype=f64)
-        self.prev_s = torch.zeros(batch, n, device=device, dtype=dtype)
-        self.prev_g = torch.zeros(batch, n, device=device, dtype=dtype)
-        # Chronological order of the ring is a rotation known from the host-side step count;
-        # all rotations live on the device so that picking one copies nothing.
-        ring = torch.arange(history, device=x.device)
+        self.dtype = dtype
+        device, n = x.device, x[0].numel()
+        self.S = torch.zeros(0, history, n, device=device, dtype=dtype)
+        self.Y = torch.zeros(0, history, n, device=device, dtype=dtype)
+        self.SY = torch.zeros(0, history, history, device=device, dtype=torch.float64)
+        self.YY = torch.zeros(0, history, history, device=device, dtype=torch.float64)
+        self.gamma = torch.ones(0, device=device, dtype=torch.float64)
+        self.prev_s = torch.zeros(0, n, device=device, dtype=dtype)
+        self.prev_g = torch.zeros(0, n, device=device, dtype=dtype)
+        self.row_steps: list[int] = []  # steps taken by each row, on the host
+        # Chronological order of a ring is a rotation known from its row's step count;
+        # all rotations live on the device so that picking them copies nothing.
+        ring = torch.arange(history, device=device)
         self._rotations = torch.stack([(ring + r) % history for r in range(history)])
+        self.add(x.shape[0])
+
+    @property
+    def steps(self) -> int:
+        """The step count when every row has the same one (a batch that started together)."""
+        return max(self.row_steps, default=0)
+
+    @steps.setter
+    def steps(self, value: int) -> None:
+        self.row_steps = [value] * len(self.row_steps)
+
+    def add(self, rows: int) -> None:
+        """Append `rows` fresh images (no history) at the end of the batch."""
+        def grow(t: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+            extra = torch.full((rows, *t.shape[1:]), fill, device=t.device, dtype=t.dtype)
+            return torch.cat([t, extra])
+
+        self.S, self.Y = grow(self.S), grow(self.Y)
+        self.SY, self.YY = grow(self.SY), grow(self.YY)
+        self.gamma = grow(self.gamma, 1.0)
+        self.prev_s, self.prev_g = grow(self.prev_s), grow(self.prev_g)
+        self.row_steps += [0] * rows
+
+    def _slots(self, offset: int) -> torch.Tensor:
+        return torch.tensor([(n + offset) % self.m for n in self.row_steps],
+                            device=self.S.device)
 
     def _remember(self, s: torch.Tensor, g: torch.Tensor) -> None:
-        """Store the newest curvature pair (s, y) in the ring slot of this step."""
-        slot = (self.steps - 1) % self.m  # a host integer: the step count is known
+        """Store each row's newest curvature pair (s, y) in the ring slot of its last step.
+
+        A row that has not stepped yet has s = 0: its pair is rejected, nothing changes."""
+        rows = torch.arange(len(self.row_steps), device=s.device)
+        slot = self._slots(-1)
         y = g - self.prev_g
         ys = (s.double() * y.double()).sum(1)
         valid = ys > CURVATURE_EPS
         keep = valid[:, None].to(s.dtype)
         s, y = s * keep, y * keep
-        self.S[:, slot] = s
-        self.Y[:, slot] = y
+        self.S[rows, slot] = s
+        self.Y[rows, slot] = y
         s_y = torch.bmm(self.Y, s[:, :, None]).squeeze(2).double()  # y_j · s for every slot j
         y_s = torch.bmm(self.S, y[:, :, None]).squeeze(2).double()  # s_i · y
         y_y = torch.bmm(self.Y, y[:, :, None]).squeeze(2).double()
-        self.SY[:, slot, :] = s_y
-        self.SY[:, :, slot] = y_s
-        self.YY[:, slot, :] = y_y
-        self.YY[:, :, slot] = y_y
+        self.SY[rows, slot, :] = s_y
+        self.SY[rows, :, slot] = y_s
+        self.YY[rows, slot, :] = y_y
+        self.YY[rows, :, slot] = y_y
         yy = (y.double() * y.double()).sum(1)
         self.gamma = torch.where(valid, ys / yy.clamp_min(1e-30), self.gamma)
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        """-H g in the compact form, slots taken in chronological order."""
-        shift = self.steps % self.m if self.steps >= self.m else 0  # oldest slot first
-        order = self._rotations[shift]
-        inverse = self._rotations[(-shift) % self.m]
+        """-H g in the compact form, each row's slots taken in its chronological order."""
+        m = self.m
+        shift = torch.tensor([n % m if n >= m else 0 for n in self.row_steps],
+                             device=g.device)  # oldest slot first
+        order = self._rotations[shift]  # [B, m]
+        inverse = self._rotations[(-shift) % m]
+        square = (order[:, :, None].expand(-1, -1, m), order[:, None, :].expand(-1, m, -1))
         gamma = self.gamma[:, None]
-        sg = torch.bmm(self.S, g[:, :, None]).squeeze(2).double()[:, order]
-        yg = torch.bmm(self.Y, g[:, :, None]).squeeze(2).double()[:, order]
-        sy = self.SY[:, order][:, :, order]
-        yy = self.YY[:, order][:, :, order]
+        sg = torch.bmm(self.S, g[:, :, None]).squeeze(2).double().gather(1, order)
+        yg = torch.bmm(self.Y, g[:, :, None]).squeeze(2).double().gather(1, order)
+        sy = self.SY.gather(1, square[0]).gather(2, square[1])
+        yy = self.YY.gather(1, square[0]).gather(2, square[1])
         diag = torch.diagonal(sy, dim1=1, dim2=2)
         # Empty or rejected slots hold zeros: a unit diagonal keeps R invertible and leaves
         # them decoupled, and their zero columns add nothing to the result.
@@ -95,7 +129,8 @@ class BatchedLBFGS:
         ).squeeze(2)
         # H g = gamma g + S p1 - gamma Y p2  (p1, p2 back in ring order)
         dtype = self.S.dtype
-        p1, p2 = p1[:, inverse].to(dtype), (gamma * p2)[:, inverse].to(dtype)
+        p1 = p1.gather(1, inverse).to(dtype)
+        p2 = (gamma * p2).gather(1, inverse).to(dtype)
         hg = (gamma.to(dtype) * g
               + torch.bmm(p1[:, None, :], self.S).squeeze(1)
               - torch.bmm(p2[:, None, :], self.Y).squeeze(1))
@@ -110,9 +145,10 @@ class BatchedLBFGS:
         """
         batch = x.shape[0]
         g = grad.reshape(batch, -1).to(self.S.dtype)
-        if self.steps == 0:
-            direction = -g
-            size = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
+        # A row's first step: along -g, at min(1, 1/|g|₁)·lr.
+        first_size = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
+        if not any(self.row_steps):
+            direction, size = -g, first_size
         else:
             self._remember(self.prev_s, g)
             direction = self._direction(g)
@@ -120,11 +156,15 @@ class BatchedLBFGS:
             # direction (rounding can make one); the next pair is then rejected (s = 0).
             descent = (g * direction).sum(1) < -DESCENT_TOLERANCE
             size = descent.to(self.S.dtype) * self.lr
+            if not all(self.row_steps):  # rows that joined since the last step
+                first = torch.tensor([n == 0 for n in self.row_steps], device=g.device)
+                direction = torch.where(first[:, None], -g, direction)
+                size = torch.where(first, first_size, size)
         step = size[:, None] * direction
         x.add_(step.reshape(x.shape).to(x.dtype))
         self.prev_s.copy_(step)
         self.prev_g.copy_(g)
-        self.steps += 1
+        self.row_steps = [n + 1 for n in self.row_steps]
 
     def keep(self, rows: torch.Tensor) -> None:
         """Continue with only these images (indices into the current batch)."""
@@ -132,6 +172,7 @@ class BatchedLBFGS:
         self.SY, self.YY = self.SY[rows], self.YY[rows]
         self.gamma = self.gamma[rows]
         self.prev_s, self.prev_g = self.prev_s[rows], self.prev_g[rows]
+        self.row_steps = [self.row_steps[r] for r in rows.tolist()]
 
 
 class BatchedAdam:
@@ -140,22 +181,32 @@ class BatchedAdam:
     def __init__(self, x: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.m = torch.zeros_like(x)
-        self.v = torch.zeros_like(x)
-        self.steps = 0
+        self.m = torch.zeros_like(x[:0])
+        self.v = torch.zeros_like(x[:0])
+        self.row_steps: list[int] = []
+        self.add(x.shape[0])
+
+    def add(self, rows: int) -> None:
+        """Append `rows` fresh images at the end of the batch."""
+        extra = torch.zeros((rows, *self.m.shape[1:]), device=self.m.device, dtype=self.m.dtype)
+        self.m, self.v = torch.cat([self.m, extra]), torch.cat([self.v, extra])
+        self.row_steps += [0] * rows
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, grad: torch.Tensor,
              bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        self.steps += 1
+        self.row_steps = [n + 1 for n in self.row_steps]
         b1, b2 = self.betas
         self.m.mul_(b1).add_(grad, alpha=1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        m_hat = self.m / (1 - b1**self.steps)
-        v_hat = self.v / (1 - b2**self.steps)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        steps = torch.tensor(self.row_steps, device=x.device, dtype=torch.float64).view(shape)
+        m_hat = self.m / (1 - b1**steps).to(x.dtype)
+        v_hat = self.v / (1 - b2**steps).to(x.dtype)
         x.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
         if bounds is not None:
             x.clamp_(bounds[0], bounds[1])
 
     def keep(self, rows: torch.Tensor) -> None:
         self.m, self.v = self.m[rows], self.v[rows]
+        self.row_steps = [self.row_steps[r] for r in rows.tolist()]

@@ -91,6 +91,9 @@ class Worker:
         except Exception as exc:
             self.metrics.failed.labels(type(exc).__name__).inc()
             log.exception("batch of %d items failed on %s", len(batch), self.name)
+            # Logged above; the traceback's frames would keep this batch's tensors alive
+            # (a reference cycle through the futures) until the cyclic GC ran.
+            exc.__traceback__ = None
             for item in batch:
                 item.future.set_exception(exc)
         except BaseException:

@@ -103,10 +103,13 @@ class JobError(BaseModel):
     title: str = Field(..., examples=["Diverged"])
     status: int = Field(..., examples=[422])
     detail: str
+    retry_after_s: int | None = Field(
+        None, description="When retrying may succeed (transient failures), in seconds.")
 
     @classmethod
     def of(cls, error: AtelierError) -> JobError:
-        return cls(type=error.type, title=error.title, status=error.status, detail=error.detail)
+        return cls(type=error.type, title=error.title, status=error.status, detail=error.detail,
+                   retry_after_s=error.retry_after_s)
 
 
 class JobFailed(AtelierError):
@@ -116,6 +119,7 @@ class JobFailed(AtelierError):
         assert job.error is not None
         super().__init__(job.error.detail)
         self.status, self.title = job.error.status, job.error.title
+        self.retry_after_s = job.error.retry_after_s
         self.slug = job.error.type.removeprefix(PROBLEM_TYPE_PREFIX)
         self.document = job.document()
 

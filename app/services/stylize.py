@@ -15,7 +15,15 @@ from app.catalog import Catalog, Manifest
 from app.engines import imaging
 from app.engines.decoding import ImageInputError, decode_upload
 from app.engines.imaging import ImageFormat
-from app.engines.style import MIN_SIDE, Cancelled, Progress, StyleOptions, StyleResult, fits
+from app.engines.style import (
+    MIN_SIDE,
+    Cancelled,
+    Progress,
+    StyleOptions,
+    StyleResult,
+    fits,
+    resize_long_side,
+)
 from app.errors import AtelierError, InvalidField, as_atelier_error
 from app.pool import WorkerPool
 from app.runtime import StylizeWork
@@ -198,7 +206,8 @@ class StylizeService:
                     name, f"a {w}x{h} image is too elongated for a long side of {long_side}"
                     f" px: its short side would be under {MIN_SIDE} px (at most"
                     f" {long_side // MIN_SIDE}:1 at this size)")
-            images.append(image)
+            # Queued jobs hold their images at the size they will run at, nothing larger.
+            images.append(resize_long_side(image, long_side, MIN_SIDE))
         return images
 
     async def resume_unfinished(self) -> int:

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import Field
 
-from app.api.deps import JobDep, StylizeDep
+from app.api.deps import JobDep, OwnerDep, StylizeDep
 from app.api.disconnect import ClientDisconnected, unless_disconnected
 from app.errors import InvalidField
 from app.services.jobs import Job, JobDocument
@@ -72,6 +72,7 @@ class StylizeForm(StyleParams):
 async def stylize(
     request: Request,
     service: StylizeDep,
+    owner: OwnerDep,
     form: Annotated[StylizeForm, Form(media_type="multipart/form-data")],
     prefer: Annotated[str | None, Header(description="`respond-async` to get 202 and a job "
                                          "at once.", examples=["respond-async"])] = None,
@@ -80,7 +81,7 @@ async def stylize(
     image, when done); with `Prefer: respond-async`, 202 and a job to follow at
     `/jobs/{id}/events`. A synchronous request whose client hangs up cancels its job."""
     job = await service.submit(
-        await form.content.read(), [await s.read() for s in form.style], form)
+        await form.content.read(), [await s.read() for s in form.style], form, owner)
     request.state.log_fields = {"job_id": job.id, "steps": job.steps}
     if prefer and "respond-async" in prefer.lower():
         response = _job_response(job, 202)

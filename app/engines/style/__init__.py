@@ -8,7 +8,7 @@ Modules: `options` (settings and result types), `space` (VGG input encodings), `
 `targets` (losses and targets) and `batch` (the optimisation loop).
 """
 
-from app.engines.style.batch import BatchRows, StyleJob, stylize, stylize_batch, vgg_layers
+from app.engines.style.batch import StyleBatch, StyleJob, stylize, stylize_batch, vgg_layers
 from app.engines.style.cache import GramCache
 from app.engines.style.colour import YCBCR, keep_luminance, match_color
 from app.engines.style.options import (
@@ -22,7 +22,15 @@ from app.engines.style.options import (
     StyleOptions,
     StyleResult,
 )
-from app.engines.style.shapes import MIN_SIDE, batch_key, fits, output_shape, resize_long_side
+from app.engines.style.shapes import (
+    MIN_SIDE,
+    batch_key,
+    compute_shape,
+    fits,
+    output_shape,
+    pad_to,
+    resize_long_side,
+)
 from app.engines.style.space import CAFFE, IMAGENET, InputSpace, input_space
 from app.engines.style.targets import (
     StyleTargets,
@@ -38,7 +46,6 @@ __all__ = [
     "IMAGENET",
     "MIN_SIDE",
     "YCBCR",
-    "BatchRows",
     "Cancelled",
     "GramCache",
     "Init",
@@ -48,12 +55,14 @@ __all__ = [
     "Precision",
     "PreserveColor",
     "Progress",
+    "StyleBatch",
     "StyleJob",
     "StyleOptions",
     "StyleResult",
     "StyleTargets",
     "batch_key",
     "batch_losses",
+    "compute_shape",
     "features",
     "fits",
     "gram",
@@ -63,6 +72,7 @@ __all__ = [
     "losses",
     "match_color",
     "output_shape",
+    "pad_to",
     "resize_long_side",
     "stylize",
     "stylize_batch",

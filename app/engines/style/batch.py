@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,7 +13,13 @@ from app.engines.optim import BatchedAdam, BatchedLBFGS
 from app.engines.style.cache import GramCache
 from app.engines.style.colour import keep_luminance, match_color
 from app.engines.style.options import Cancelled, Losses, Progress, StyleOptions, StyleResult
-from app.engines.style.shapes import MIN_SIDE, batch_key, output_shape, resize_long_side
+from app.engines.style.shapes import (
+    MIN_SIDE,
+    batch_key,
+    compute_shape,
+    pad_to,
+    resize_long_side,
+)
 from app.engines.style.space import CAFFE, InputSpace
 from app.engines.style.targets import StyleTargets, batch_losses, initial_image
 from app.nets.vgg import VGG19Features, deepest, relu_name
@@ -36,14 +42,30 @@ def vgg_layers(vgg: VGG19Features) -> list[str]:
 
 
 @dataclass
-class _Prepared:
-    content: torch.Tensor  # resized uint8
+class _Row:
+    """One job in a running batch: its targets, where its image sits, its own progress."""
+
+    job: StyleJob
+    content: torch.Tensor  # the content at the output shape (uint8), for colour handling
     targets: StyleTargets
-    x0: torch.Tensor
+    x0: torch.Tensor  # the start image at the compute shape
+    top: int  # offset of the output inside the compute shape
+    left: int
+    joined: float = field(default_factory=time.perf_counter)
+    step: int = 0
+    history: list[Losses] = field(default_factory=list)
+
+    @property
+    def options(self) -> StyleOptions:
+        return self.job.options
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.content.shape[:2]
+        return x[..., self.top:self.top + h, self.left:self.left + w]
 
 
 def _prepare(vgg: VGG19Features, job: StyleJob, space: InputSpace, device: torch.device,
-             cache: GramCache | None) -> _Prepared:
+             cache: GramCache | None) -> _Row:
     options = job.options
     if not job.styles:
         raise ValueError("at least one style image is needed")
@@ -58,35 +80,168 @@ def _prepare(vgg: VGG19Features, job: StyleJob, space: InputSpace, device: torch
     needed = [options.content_layer, *options.style_layers]
     if deepest(needed) not in vgg_layers(vgg):
         raise ValueError("the network is truncated before a layer this job needs")
-    targets = StyleTargets(vgg, space, content, styles, blend, options, device, cache)
-    return _Prepared(content, targets, initial_image(content, options, space, device))
+    natural = (int(content.shape[0]), int(content.shape[1]))
+    padded, top, left = pad_to(content, compute_shape(natural, options.bucket_px))
+    targets = StyleTargets(vgg, space, padded, styles, blend, options, device, cache)
+    return _Row(job, content, targets, initial_image(padded, options, space, device), top, left)
 
 
-class BatchRows:
-    """The rows of a running batch: each row's image, targets and weights, and its job."""
+Outcome = tuple[StyleJob, StyleResult | Exception]
 
-    def __init__(self, x: torch.Tensor, content: torch.Tensor, grams: dict[str, torch.Tensor],
-                 weights: torch.Tensor, optimizer: BatchedLBFGS | BatchedAdam) -> None:
-        self.x = x  # [B, 3, H, W], the pixels being optimised
-        self.content = content  # content-layer targets
-        self.grams = grams  # Gram targets per style layer
-        self.weights = weights  # [B, 3]: content, style and TV weights
-        self.alive = list(range(x.shape[0]))  # job index of each row
-        self._optimizer = optimizer
 
-    def drop(self, rows: Collection[int]) -> None:
-        """Remove these rows (indices into the current batch), freeing their memory."""
-        kept = [r for r in range(len(self.alive)) if r not in rows]
-        index = torch.tensor(kept, device=self.x.device, dtype=torch.long)
-        self.x = self.x.detach()[index].requires_grad_(True)
-        self.content = self.content[index]
-        self.grams = {k: v[index] for k, v in self.grams.items()}
-        self.weights = self.weights[index]
-        self._optimizer.keep(index)
-        self.alive = [self.alive[r] for r in kept]
-        if self.x.device.type == "cuda":
+class StyleBatch:
+    """Style jobs of one compute shape and loop settings (one `batch_key`), optimised
+    together, one forward and backward pass per step for all of them.
+
+    Continuous batching: a job joins at any step boundary (`join`) and leaves when its own
+    steps are done, when its `should_stop` says so (Cancelled) or when its loss diverges.
+    Every row keeps its own step count, optimiser state, options and progress, so a job's
+    result does not depend on who it shared the batch with (up to floating-point rounding).
+    """
+
+    def __init__(self, vgg: VGG19Features, key: tuple[object, ...], options: StyleOptions, *,
+                 device: torch.device, space: InputSpace = CAFFE,
+                 gram_cache: GramCache | None = None) -> None:
+        self.vgg, self.key, self.device, self.space = vgg, key, device, space
+        self.loop = options  # the loop settings every row shares (they are in the key)
+        self.gram_cache = gram_cache
+        self.rows: list[_Row] = []
+        self.x: torch.Tensor | None = None  # [rows, 3, H, W], the pixels being optimised
+        self.content_targets: torch.Tensor | None = None
+        self.grams: dict[str, torch.Tensor] = {}
+        self.weights: torch.Tensor | None = None  # [rows, 3]: content, style and TV weights
+        self.optimizer: BatchedLBFGS | BatchedAdam | None = None
+        self._bounds = space.pixel_bounds(device)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def join(self, job: StyleJob) -> None:
+        """Add a job; it takes its first step with the batch's next one."""
+        if batch_key(job.options, job.content.shape) != self.key:
+            raise ValueError("a job can only join a batch of its own batch key")
+        row = _prepare(self.vgg, job, self.space, self.device, self.gram_cache)
+        o = job.options
+        weights = torch.tensor([[o.content_weight, o.style_weight, o.tv_weight]],
+                               device=self.device)
+        if self.x is None or self.optimizer is None:
+            self.x = row.x0.requires_grad_(True)
+            self.content_targets = row.targets.content
+            self.grams = dict(row.targets.grams)
+            self.weights = weights
+            self.optimizer = self._new_optimizer(self.x)
+        else:
+            assert self.content_targets is not None and self.weights is not None
+            self.x = torch.cat([self.x.detach(), row.x0]).requires_grad_(True)
+            self.content_targets = torch.cat([self.content_targets, row.targets.content])
+            self.grams = {k: torch.cat([v, row.targets.grams[k]]) for k, v in self.grams.items()}
+            self.weights = torch.cat([self.weights, weights])
+            self.optimizer.add(1)
+        self.rows.append(row)
+
+    def _new_optimizer(self, x: torch.Tensor) -> BatchedLBFGS | BatchedAdam:
+        if self.loop.optimizer == "lbfgs":
+            return BatchedLBFGS(x, history=self.loop.lbfgs_history)
+        lr = self.loop.adam_lr / float(torch.tensor(self.space.std).mean()) / self.space.scale
+        return BatchedAdam(x, lr=lr)
+
+    def _drop(self, rows: Collection[int]) -> None:
+        """Remove these rows, freeing their memory."""
+        assert self.x is not None and self.optimizer is not None
+        assert self.content_targets is not None and self.weights is not None
+        kept = [r for r in range(len(self.rows)) if r not in rows]
+        self.rows = [self.rows[r] for r in kept]
+        if not self.rows:
+            self.x = self.content_targets = self.weights = self.optimizer = None
+            self.grams = {}
+        else:
+            index = torch.tensor(kept, device=self.device, dtype=torch.long)
+            self.x = self.x.detach()[index].requires_grad_(True)
+            self.content_targets = self.content_targets[index]
+            self.grams = {k: v[index] for k, v in self.grams.items()}
+            self.weights = self.weights[index]
+            self.optimizer.keep(index)
+        if self.device.type == "cuda":
             # Give the dropped rows' memory back to the device, not only to torch's cache.
             torch.cuda.empty_cache()
+
+    def step(self) -> list[Outcome]:
+        """One optimisation step for every row; returns the jobs that left the batch."""
+        outcomes: list[Outcome] = []
+        stopped = [r for r, row in enumerate(self.rows)
+                   if (stop := row.job.should_stop) is not None and stop()]
+        if stopped:
+            outcomes += [(self.rows[r].job, Cancelled()) for r in stopped]
+            self._drop(stopped)
+        if not self.rows:
+            return outcomes
+        x, optimizer = self.x, self.optimizer
+        assert x is not None and optimizer is not None
+        assert self.content_targets is not None and self.weights is not None
+        x.grad = None
+        total, content_loss, style_loss, tv_loss = batch_losses(
+            self.vgg, x, self.content_targets, self.grams, self.weights, self.loop)
+        # Tensor.backward is unannotated in torch's stubs; this is the function it calls.
+        torch.autograd.backward(total.sum())
+        assert x.grad is not None
+        if isinstance(optimizer, BatchedLBFGS):
+            optimizer.step(x, x.grad)  # unconstrained: the result is clamped when decoded
+        else:
+            optimizer.step(x, x.grad, bounds=self._bounds)
+        for row in self.rows:
+            row.step += 1
+        due = [_due(row.options, row.step) for row in self.rows]
+        if not any(report or preview for report, preview in due):
+            return outcomes
+        # Reading losses makes the host wait for the device: only at report steps.
+        values = torch.stack([content_loss, style_loss, tv_loss, total], 1).detach().tolist()
+        diverged: list[int] = []
+        finished: list[int] = []
+        for r, (row, (report, preview_due)) in enumerate(zip(self.rows, due, strict=True)):
+            if not (report or preview_due):
+                continue
+            current = Losses(*values[r])
+            if not math.isfinite(current.total):
+                outcomes.append((row.job, FloatingPointError(
+                    f"the loss diverged at step {row.step}")))
+                diverged.append(r)
+                continue
+            row.history.append(current)
+            if row.job.on_progress is not None:
+                preview = None
+                if preview_due:
+                    preview = resize_long_side(self.space.deprocess(row.crop(x[r:r + 1])),
+                                               row.options.preview_size)
+                row.job.on_progress(Progress(row.step, row.options.steps, current, preview))
+            if row.step >= row.options.steps:  # the last step always reports
+                finished.append(r)
+        if finished:
+            outcomes += self._results(finished)
+        if diverged or finished:
+            self._drop(diverged + finished)
+        return outcomes
+
+    def _results(self, rows: list[int]) -> list[Outcome]:
+        """The finished rows' images and final losses (one more forward pass, no grad)."""
+        assert self.x is not None and self.content_targets is not None
+        assert self.weights is not None
+        index = torch.tensor(rows, device=self.device, dtype=torch.long)
+        x = self.x.detach()[index]
+        with torch.no_grad():
+            total, content_loss, style_loss, tv_loss = batch_losses(
+                self.vgg, x, self.content_targets[index],
+                {k: v[index] for k, v in self.grams.items()}, self.weights[index], self.loop)
+        finals = torch.stack([content_loss, style_loss, tv_loss, total], 1).tolist()
+        outcomes: list[Outcome] = []
+        now = time.perf_counter()
+        for i, r in enumerate(rows):
+            row = self.rows[r]
+            image = self.space.deprocess(row.crop(x[i:i + 1]))
+            if row.options.preserve_color == "luminance":
+                image = keep_luminance(image, row.content)
+            outcomes.append((row.job, StyleResult(image, Losses(*finals[i]), row.step,
+                                                  now - row.joined, row.history)))
+        return outcomes
 
 
 def stylize_batch(
@@ -97,97 +252,21 @@ def stylize_batch(
     space: InputSpace = CAFFE,
     gram_cache: GramCache | None = None,
 ) -> list[StyleResult | Exception]:
-    """Optimise several images of one output size together, each with its own targets,
-    weights and optimiser state; one forward and backward pass per step for all of them.
-
-    Returns, per job, its result or the exception that ended it (Cancelled when its
-    `should_stop` said so: it leaves the batch at once and its memory goes with it).
-    """
-    started = time.perf_counter()
-    lead = jobs[0].options
-    shape = output_shape(jobs[0].content.shape, lead.size)
-    if any(batch_key(j.options, j.content.shape) != batch_key(lead, jobs[0].content.shape)
-           for j in jobs):
-        raise ValueError("jobs of one batch must share output size and loop settings")
-    prepared = [_prepare(vgg, job, space, device, gram_cache) for job in jobs]
-    x = torch.cat([p.x0 for p in prepared]).requires_grad_(True)
-    content_target = torch.cat([p.targets.content for p in prepared])
-    grams = {layer: torch.cat([p.targets.grams[layer] for p in prepared])
-             for layer in lead.style_layers}
-    weights = torch.tensor([[j.options.content_weight, j.options.style_weight,
-                             j.options.tv_weight] for j in jobs], device=device)
-    low, high = space.pixel_bounds(device)
-    optimizer: BatchedLBFGS | BatchedAdam
-    if lead.optimizer == "lbfgs":
-        optimizer = BatchedLBFGS(x, history=lead.lbfgs_history)
-    else:
-        lr = lead.adam_lr / float(torch.tensor(space.std).mean()) / space.scale
-        optimizer = BatchedAdam(x, lr=lr)
-    batch = BatchRows(x, content_target, grams, weights, optimizer)
-    outcomes: list[StyleResult | Exception | None] = [None] * len(jobs)
-    histories: list[list[Losses]] = [[] for _ in jobs]
-
-    for step in range(1, lead.steps + 1):
-        stopped = [row for row, j in enumerate(batch.alive)
-                   if (stop := jobs[j].should_stop) is not None and stop()]
-        if stopped:
-            for row in stopped:
-                outcomes[batch.alive[row]] = Cancelled()
-            batch.drop(stopped)
-        if not batch.alive:
-            break
-        x = batch.x
-        x.grad = None
-        total, content_loss, style_loss, tv_loss = batch_losses(
-            vgg, x, batch.content, batch.grams, batch.weights, lead)
-        # Tensor.backward is unannotated in torch's stubs; this is the function it calls.
-        torch.autograd.backward(total.sum())
-        assert x.grad is not None
-        if isinstance(optimizer, BatchedLBFGS):
-            optimizer.step(x, x.grad)  # unconstrained: the result is clamped when decoded
-        else:
-            optimizer.step(x, x.grad, bounds=(low, high))
-        due = [_due(jobs[j].options, step) for j in batch.alive]
-        if not any(report or preview for report, preview in due):
-            continue
-        # Reading losses makes the host wait for the device: only at report steps.
-        values = torch.stack([content_loss, style_loss, tv_loss, total], 1).detach().tolist()
-        diverged: list[int] = []
-        for row, (j, (report, preview_due)) in enumerate(zip(batch.alive, due, strict=True)):
-            if not (report or preview_due):
-                continue
-            current = Losses(*values[row])
-            if not math.isfinite(current.total):
-                outcomes[j] = FloatingPointError(f"the loss diverged at step {step}")
-                diverged.append(row)
-                continue
-            histories[j].append(current)
-            on_progress = jobs[j].on_progress
-            if on_progress is not None:
-                preview = None
-                if preview_due:
-                    preview = resize_long_side(space.deprocess(x[row:row + 1]),
-                                               jobs[j].options.preview_size)
-                on_progress(Progress(step, lead.steps, current, preview))
-        if diverged:
-            batch.drop(diverged)
-            if not batch.alive:
-                break
-
-    if batch.alive:
-        with torch.no_grad():
-            total, content_loss, style_loss, tv_loss = batch_losses(
-                vgg, batch.x, batch.content, batch.grams, batch.weights, lead)
-        finals = torch.stack([content_loss, style_loss, tv_loss, total], 1).tolist()
-        seconds = time.perf_counter() - started
-        for row, j in enumerate(batch.alive):
-            image = space.deprocess(batch.x[row:row + 1])
-            if jobs[j].options.preserve_color == "luminance":
-                image = keep_luminance(image, prepared[j].content)
-            assert image.shape[:2] == shape
-            outcomes[j] = StyleResult(image, Losses(*finals[row]), lead.steps, seconds,
-                                      histories[j])
-    return [o if o is not None else Cancelled() for o in outcomes]
+    """Optimise jobs of one batch key together until each is done; returns, per job, its
+    result or the exception that ended it (Cancelled when its `should_stop` said so)."""
+    key = batch_key(jobs[0].options, jobs[0].content.shape)
+    batch = StyleBatch(vgg, key, jobs[0].options, device=device, space=space,
+                       gram_cache=gram_cache)
+    outcomes: dict[int, StyleResult | Exception] = {}
+    for job in jobs:
+        if batch_key(job.options, job.content.shape) != key:
+            raise ValueError("jobs of one batch must share output size and loop settings")
+    for job in jobs:
+        batch.join(job)
+    while len(batch):
+        for job, outcome in batch.step():
+            outcomes[id(job)] = outcome
+    return [outcomes.get(id(job), Cancelled()) for job in jobs]
 
 
 def _due(options: StyleOptions, step: int) -> tuple[bool, bool]:

@@ -37,6 +37,10 @@ class StyleOptions:
     progress_every: int = 10
     preview_every: int = 0  # 0: no previews
     preview_size: int = 160
+    # Shape buckets: the short side of the compute shape is padded up to a multiple of this
+    # (0: compute at the natural shape), so jobs of similar aspect ratios share a shape, a
+    # batch and the device's tuned kernels; the result is cropped back.
+    bucket_px: int = 0
 
 
 @dataclass

@@ -60,7 +60,14 @@ class StyleTargets:
         key = GramCache.key(vgg, style, space, options) if cache is not None else None
         if cache is not None and key is not None and (cached := cache.get(key)) is not None:
             return cached
-        feats = features(vgg, space.preprocess(style, device), options.style_layers, options)
+        # A style image's forward pass runs once per image: cuDNN's autotuning, which the
+        # benchmark mode runs for every new input shape, would cost more than it saves.
+        with torch.backends.cudnn.flags(
+                enabled=torch.backends.cudnn.enabled, benchmark=False,
+                deterministic=torch.backends.cudnn.deterministic,
+                allow_tf32=torch.backends.cudnn.allow_tf32):
+            feats = features(vgg, space.preprocess(style, device), options.style_layers,
+                             options)
         grams = {layer: gram(feats[layer]) for layer in options.style_layers}
         if cache is not None and key is not None:
             cache.put(key, grams)
