@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from app.api import security
 from app.main import create_app
 from app.settings import Settings
 
@@ -51,7 +52,7 @@ def server_for(app: FastAPI, settings: Settings, **options: Any) -> Server:
         access_log=False,  # the app writes one structured line per request itself
         timeout_graceful_shutdown=_AFTER_DRAIN_S,
         log_level=settings.log_level.lower(),
-        **options,
+        **{**security.uvicorn_options(settings), **options},
     )
 
     async def drain() -> None:

@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         20.0, ge=0, description="How long a style worker waits for jobs to batch with."
     )
     style_precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="Convolution precision of style jobs (Gram and losses stay fp32)."
+        "fp32", description="Convolution precision of Adam style jobs (Gram and losses stay"
+        " fp32); L-BFGS jobs always run fp32: bf16 gradient noise breaks its curvature pairs."
     )
     style_channels_last: bool = Field(
         False, description="Run style jobs' VGG in channels_last memory format."

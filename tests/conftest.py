@@ -14,6 +14,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
+from app.api import security
 from app.catalog import Catalog, ModelStatus
 from app.main import create_app
 from app.pool import WorkItem
@@ -67,7 +68,8 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="on")
+                                access_log=False, lifespan="on",
+                                **security.uvicorn_options(app.state.settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

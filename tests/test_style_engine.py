@@ -192,13 +192,22 @@ def gpu_vgg(vgg: VGG19Features) -> VGG19Features:
 
 
 @pytest.mark.gpu
-def test_gpu_run_is_finite_and_matches_cpu_loss(gpu_vgg: VGG19Features,
+def test_gpu_run_is_finite_and_no_worse_than_cpu(gpu_vgg: VGG19Features,
                                                  vgg: VGG19Features) -> None:
+    """TF32 convolutions take L-BFGS along another trajectory than the CPU's fp32 (on an
+    H200 it ended 9% lower): the GPU result, scored by the same fp32 objective on the CPU,
+    must be finite and not worse than the CPU run's, not equal to it."""
     result = style.stylize(gpu_vgg, image("content.jpg"), [image("starry.jpg")], BASE,
                            device=torch.device("cuda"))
     cpu_result = run(vgg)
-    assert np.isfinite(result.losses.total)
-    assert abs(result.losses.total - cpu_result.losses.total) < 0.05 * cpu_result.losses.total
+    targets = StyleTargets(vgg, CAFFE, style.resize_long_side(image("content.jpg"), BASE.size,
+                                                              style.MIN_SIDE),
+                           [style.resize_long_side(image("starry.jpg"), BASE.size,
+                                                   style.MIN_SIDE)], [1.0], BASE, CPU)
+    with torch.no_grad():
+        gpu_score = style.losses(vgg, CAFFE.preprocess(result.image, CPU), targets, BASE)[0]
+    assert np.isfinite(float(gpu_score))
+    assert float(gpu_score) <= 1.05 * cpu_result.losses.total
 
 
 def test_style_targets_are_cached_across_jobs(vgg: VGG19Features) -> None:
@@ -234,7 +243,8 @@ def test_style_targets_are_cached_across_jobs(vgg: VGG19Features) -> None:
 def test_every_precision_stays_finite_and_keeps_gram_in_fp32(
     vgg: VGG19Features, precision: str
 ) -> None:
-    options = replace(BASE, steps=4, precision=precision, channels_last=True)  # type: ignore[arg-type]
+    options = replace(BASE, steps=4, precision=precision, channels_last=True,  # type: ignore[arg-type]
+                      optimizer="adam")
     result = run(vgg, options)
     assert np.isfinite([result.losses.content, result.losses.style, result.losses.total]).all()
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -245,11 +255,11 @@ def test_every_precision_stays_finite_and_keeps_gram_in_fp32(
 @pytest.mark.gpu
 def test_bf16_on_gpu_is_finite_and_close_to_fp32(gpu_vgg: VGG19Features) -> None:
     gpu, net = torch.device("cuda"), gpu_vgg
-    options = replace(BASE, steps=30, size=128)
+    options = replace(BASE, steps=30, size=128, optimizer="adam")
     losses = {}
     for precision in ("fp32", "bf16"):
         result = style.stylize(net, image("content.jpg"), [image("starry.jpg")],
-                               replace(options, precision=precision, channels_last=True),  # type: ignore[arg-type]
+                               replace(options, precision=precision, channels_last=True),
                                device=gpu)
         assert np.isfinite(result.losses.total)
         losses[precision] = result.losses.total
@@ -393,3 +403,14 @@ def test_padding_to_a_bucket_mirrors_the_edges_and_crops_back() -> None:
     assert torch.equal(padded[top:top + content.shape[0], left:left + content.shape[1]],
                        content)
     assert torch.equal(padded[top - 1], content[1])  # reflected, not repeated
+
+
+def test_bf16_is_refused_with_lbfgs_and_close_to_fp32_with_adam(vgg: VGG19Features) -> None:
+    """On the CPU too (autocast bf16): L-BFGS diverged at step 3-4 at 128 px, so the engine
+    refuses that pair; Adam in bf16 ends within a few percent of fp32."""
+    with pytest.raises(ValueError, match="unstable with L-BFGS"):
+        run(vgg, replace(BASE, steps=2, precision="bf16"))
+    options = replace(BASE, steps=10, size=40, optimizer="adam", progress_every=5)
+    fp32 = run(vgg, options).losses.total
+    bf16 = run(vgg, replace(options, precision="bf16")).losses.total
+    assert np.isfinite(bf16) and abs(bf16 - fp32) <= 0.05 * fp32

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from app.api import security
 from app.catalog import Catalog
 from app.errors import InvalidField
 from app.pool import WorkerPool
@@ -76,8 +77,7 @@ TimeoutDep = Annotated[float, Depends(request_timeout)]
 
 def get_owner(request: Request) -> str | None:
     """The API key's id (set by the security middleware when keys are on), else None."""
-    owner: str | None = getattr(request.state, "principal", None)
-    return owner
+    return security.principal(request)
 
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]

@@ -54,7 +54,7 @@ class Catalog:
             manifest,
             ModelStatus.UNAVAILABLE,
             path,
-            f"weights of {name!r} are not in {self.model_dir}; run `{pull_command(name)}`",
+            f"weights of {name!r} are not pulled; run `{pull_command(name)}`",
         )
 
     def entries(self) -> list[ModelEntry]:

@@ -99,7 +99,8 @@ def engine_options(
         seed=params.seed if params.seed is not None else 0,
         progress_every=s.progress_every,
         preview_every=params.preview_every,
-        precision=s.style_precision,
+        # bf16 gradients are too noisy for L-BFGS's curvature pairs (see StyleBatch).
+        precision=s.style_precision if params.optimizer == "adam" else "fp32",
         channels_last=s.style_channels_last,
     )
 
