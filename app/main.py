@@ -70,7 +70,8 @@ def create_app(
         decoder = Encoder(settings.decode_threads)
         app.state.catalog = catalog
         app.state.pool = pool
-        app.state.generation = GenerationService(catalog, pool, encoder)
+        app.state.generation = GenerationService(
+            catalog, pool, encoder, max_images=settings.max_images_per_request)
         store = JobStore(
             max_active=settings.max_active_jobs, max_jobs=settings.max_jobs,
             ttl_s=settings.job_ttl_s, results_dir=settings.jobs_dir / "results",

@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import Body, FastAPI, Response
 from PIL import Image
 
-from app.api.schemas import GenerateRequest
+from app.services.params import GenerateRequest
 
 app = FastAPI()
 _buffer = io.BytesIO()

@@ -15,18 +15,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.api.schemas import GenerateRequest
 from app.catalog import Catalog
 from app.cli.errors import FAILED, INTERRUPTED, CliError
 from app.cli.report import Generated, JobProgress
 from app.engines.imaging import ImageFormat
-from app.errors import InvalidField
 from app.pool import WorkerPool
 from app.runtime import GENERATE_LANE, STYLIZE_LANE, build_pool
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
 from app.services.jobs import JobStore
-from app.services.params import StyleParams
+from app.services.params import GenerateRequest, StyleParams
 from app.services.stylize import StylizeService
 from app.settings import Settings
 
@@ -111,10 +109,8 @@ def _session(settings: Settings, lane: str) -> tuple[Settings, Catalog, WorkerPo
 
 def generate(settings: Settings, request: GenerateRequest, fmt: ImageFormat) -> Generated:
     settings, catalog, pool, encoder = _session(settings, GENERATE_LANE)
-    service = GenerationService(catalog, pool, encoder)
-    # The bound the API checks on /generate (the service does not).
-    if request.n > settings.max_images_per_request:
-        raise InvalidField("n", f"must be <= {settings.max_images_per_request}")
+    service = GenerationService(catalog, pool, encoder,
+                                max_images=settings.max_images_per_request)
     model = service.resolve(request.model or settings.default_model).name  # before loading
 
     async def run() -> Generated:
@@ -122,11 +118,7 @@ def generate(settings: Settings, request: GenerateRequest, fmt: ImageFormat) -> 
             model=model, n=request.n, seed=request.seed, truncation=request.truncation,
             timeout_s=settings.max_request_timeout_s,
         )
-        if request.n == 1:
-            data = await service.encode_one(generated.images[0], fmt)
-        else:
-            data = await service.encode_grid(generated.images, fmt)
-        return Generated(data, generated.model, generated.seeds)
+        return Generated(await service.encode(generated, fmt), generated.model, generated.seeds)
 
     try:
         with _started(pool, settings.shutdown_grace_s):

@@ -13,10 +13,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from app.api.schemas import GenerateRequest
 from app.cli.errors import from_validation
 from app.engines.imaging import ImageFormat
-from app.services.params import StyleParams
+from app.services.params import GenerateRequest, StyleParams
 
 EPILOG = """examples:
   atelier models pull                      fetch and verify every model in the catalog

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, connect_sse
 
-from app.api.schemas import GenerateRequest
 from app.cli.errors import FAILED, INTERRUPTED, UNREACHABLE, USAGE, CliError, exit_code
 from app.cli.report import Generated, JobProgress
-from app.services.params import StyleParams
+from app.services.params import GenerateRequest, StyleParams
 
 RECONNECTS = 5  # consecutive failed attempts to resume an event stream before giving up
 BACKOFF_S = 0.25  # the first wait before reconnecting; doubled each time, at most 2 s

@@ -10,6 +10,7 @@ import torch
 from app.catalog import Catalog, Manifest
 from app.engines import gan, imaging
 from app.engines.imaging import ImageFormat
+from app.errors import InvalidField
 from app.pool import WorkerPool, WorkStats
 from app.runtime import GenerateWork
 from app.services.encoding import Encoder
@@ -25,10 +26,12 @@ class Generated:
 
 
 class GenerationService:
-    def __init__(self, catalog: Catalog, pool: WorkerPool, encoder: Encoder) -> None:
+    def __init__(self, catalog: Catalog, pool: WorkerPool, encoder: Encoder, *,
+                 max_images: int) -> None:
         self.catalog = catalog
         self.pool = pool
         self.encoder = encoder
+        self.max_images = max_images  # per request
 
     def resolve(self, name: str) -> Manifest:
         return require_model(self.catalog, name, "gan")
@@ -48,6 +51,8 @@ class GenerationService:
         self, *, model: str, n: int, seed: int | None, truncation: float | None,
         request_id: str = "", timeout_s: float,
     ) -> Generated:
+        if n > self.max_images:
+            raise InvalidField("n", f"must be <= {self.max_images}")
         manifest = self.resolve(model)
         seed = self.draw_seed() if seed is None else seed
         nz = int(manifest.architecture["nz"])
@@ -67,6 +72,12 @@ class GenerationService:
             manifest, gan.slerp(start, end, steps), request_id, timeout_s
         )
         return Generated(manifest.name, [seed_from, seed_to], images, stats)
+
+    async def encode(self, generated: Generated, fmt: ImageFormat) -> bytes:
+        """One image as itself, several as a grid."""
+        if len(generated.images) == 1:
+            return await self.encode_one(generated.images[0], fmt)
+        return await self.encode_grid(generated.images, fmt)
 
     async def encode_one(self, image: torch.Tensor, fmt: ImageFormat) -> bytes:
         return await self.encoder.run(imaging.encode, image, fmt)

@@ -11,15 +11,10 @@ from fastapi.responses import JSONResponse
 from app.api.deps import GenerationDep, SettingsDep, TimeoutDep
 from app.api.disconnect import unless_disconnected
 from app.api.negotiation import negotiate
-from app.api.schemas import (
-    GeneratedImage,
-    GenerateRequest,
-    GenerateResponse,
-    InterpolateRequest,
-)
+from app.api.schemas import GeneratedImage, GenerateResponse
 from app.engines.imaging import ImageFormat
-from app.errors import InvalidField
 from app.services.generation import Generated
+from app.services.params import GenerateRequest, InterpolateRequest
 
 router = APIRouter(tags=["generate"])
 
@@ -80,8 +75,6 @@ async def generate(
     """New images from a pretrained generator. The same `seed` always gives the same image,
     alone or in any batch; requests are coalesced into shared forward passes."""
     body = body or GenerateRequest()
-    if body.n > settings.max_images_per_request:
-        raise InvalidField("n", f"must be <= {settings.max_images_per_request}")
     requested = ImageFormat(body.format.value) if body.format else None
     fmt = negotiate(accept, requested, STILL_FORMATS)
     generated = await unless_disconnected(
@@ -108,10 +101,7 @@ async def generate(
             ],
         )
         return JSONResponse(payload.model_dump(), headers=headers)
-    if body.n == 1:
-        data = await service.encode_one(generated.images[0], fmt)
-    else:
-        data = await service.encode_grid(generated.images, fmt)
+    data = await service.encode(generated, fmt)
     return Response(data, media_type=fmt.media_type, headers=headers)
 
 
