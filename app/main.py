@@ -16,7 +16,8 @@ from app.api.disconnect import ClientDisconnected
 from app.api.limits import BodySizeLimit
 from app.api.middleware import AccessLog
 from app.api.routes import generate, studio, stylize, system
-from app.catalog import Catalog
+from app.catalog import Catalog, ModelStatus
+from app.engines.style import StyleOptions
 from app.logs import configure
 from app.pool import Executor, PoolMetrics
 from app.runtime import build_pool
@@ -24,7 +25,8 @@ from app.services.encoding import Encoder
 from app.services.generation import GenerationService
 from app.services.jobdb import SqliteJobs
 from app.services.jobs import JobStore
-from app.services.stylize import StylizeService
+from app.services.params import StyleParams
+from app.services.stylize import StylizeService, engine_options
 from app.settings import Settings
 
 log = logging.getLogger("atelier")
@@ -47,6 +49,15 @@ async def _purge_expired_jobs(store: JobStore, ttl_s: float) -> None:
         store.purge_expired()
 
 
+def _style_warmup(settings: Settings, catalog: Catalog) -> StyleOptions | None:
+    """The default style job whose shapes are warmed up at start-up, if that is on."""
+    entry = catalog.entry(settings.style_model)
+    if not settings.style_warmup_on() or entry is None or entry.status is not (
+            ModelStatus.AVAILABLE):
+        return None
+    return engine_options(StyleParams(), 1, entry.manifest, settings)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -64,7 +75,7 @@ def create_app(
             if entry.message:
                 log.warning(entry.message)
         pool = build_pool(settings, catalog, executor_factory=executor_factory,
-                          metrics=metrics)
+                          metrics=metrics, style_warmup=_style_warmup(settings, catalog))
         await asyncio.to_thread(pool.start)
         encoder = Encoder(settings.encode_threads)
         decoder = Encoder(settings.decode_threads)

@@ -83,8 +83,16 @@ class Settings(BaseSettings):
         0, ge=0, le=64,
         description="Style jobs of one output size optimised together (0: 8 on GPUs, 1 on CPU).",
     )
-    style_batch_wait_ms: float = Field(
-        20.0, ge=0, description="How long a style worker waits for jobs to batch with."
+    style_bucket_px: int | Literal["auto"] = Field(
+        "auto", description="Shape buckets: the short side of a style job's compute shape is"
+        " padded up to a multiple of this many pixels (and the result cropped back), so jobs of"
+        " similar aspect ratios share one shape, one batch and the device's tuned kernels; 0:"
+        " every job at its natural shape; `auto`: 64 on GPUs, 0 on the CPU.",
+    )
+    style_warmup: Literal["auto", "on", "off"] = Field(
+        "auto", description="Before /readyz says ready, run every bucket shape of"
+        " `ATELIER_DEFAULT_SIZE` at every batch size once, so no user pays the first-shape"
+        " cost (kernel selection, allocations); `auto`: on GPUs only.",
     )
     style_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="Convolution precision of Adam style jobs (Gram and losses stay"
@@ -150,6 +158,17 @@ class Settings(BaseSettings):
 
     def keys_required(self) -> bool:
         return bool(self.api_keys.strip()) or self.api_keys_file is not None
+
+    def on_gpu(self) -> bool:
+        return any(d.startswith("cuda") for d in self.device_list())
+
+    def style_buckets(self) -> int:
+        if self.style_bucket_px == "auto":
+            return 64 if self.on_gpu() else 0
+        return self.style_bucket_px
+
+    def style_warmup_on(self) -> bool:
+        return self.style_warmup == "on" or (self.style_warmup == "auto" and self.on_gpu())
 
     def style_batch(self) -> int:
         if self.style_batch_size:

@@ -205,7 +205,7 @@ def test_concurrent_jobs_each_finish(server: LiveServer) -> None:
 def test_concurrent_jobs_of_one_size_share_a_batch(real_catalog: object, tmp_path: Path
                                                    ) -> None:
     settings = make_settings(jobs_dir=tmp_path / "jobs", style_batch_size=4,
-                             style_batch_wait_ms=500, default_size=40, progress_every=2)
+                             default_size=40, progress_every=2)
     with LiveServer(create_app(settings)) as live, live.client() as client:
         pool = live.app.state.pool
         ids = [client.post("/stylize", files=files(), headers=ASYNC,

@@ -9,10 +9,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
+from app.errors import AtelierError
 from app.pool.errors import DeadlineExceeded, OutOfMemory, PoolClosed, WorkerCrashed
 from app.pool.metrics import PoolMetrics
 from app.pool.scheduler import Scheduler
@@ -35,6 +36,22 @@ class Executor(Protocol):
         Forward passes hold at most `max_images` images."""
 
 
+class ContinuousExecutor(Executor, Protocol):
+    """An executor whose work advances in steps and joins or leaves between them
+    (continuous batching: long jobs such as style transfer). Called only from its worker's
+    thread; each worker has its own running set."""
+
+    def active(self) -> int:
+        """Images the calling worker's running set holds."""
+
+    def advance(self, new: Sequence[WorkItem]) -> list[tuple[WorkItem, Any]]:
+        """Add `new` to the running set, take one step of everything in it, and return the
+        items that are done with their result (an Exception instance fails just that item)."""
+
+    def abandon(self) -> list[WorkItem]:
+        """Empty the calling worker's running set (the pool is stopping); returns its items."""
+
+
 ExecutorFactory = Callable[[str], Executor]
 
 
@@ -45,9 +62,10 @@ def _is_oom(exc: BaseException) -> bool:
 class Worker:
     def __init__(
         self, name: str, device: str, executor: Executor, scheduler: Scheduler,
-        metrics: PoolMetrics,
+        metrics: PoolMetrics, *, continuous: bool = False,
     ) -> None:
         self.name = name
+        self.continuous = continuous
         self.device = device
         self.executor = executor
         self.scheduler = scheduler
@@ -73,9 +91,56 @@ class Worker:
                 log.exception("worker %s failed to load its models", self.name)
                 raise
             self.loaded.set()
+        if self.continuous:
+            self._run_continuously()
+            return
         while (batch := self.scheduler.next_batch()) is not None:
             if batch:
                 self._run(batch)
+
+    def _run_continuously(self) -> None:
+        """Between two steps of the running set, take whatever fits of the queue: work
+        joins at the next step boundary, never waiting for a batch window."""
+        executor = cast(ContinuousExecutor, self.executor)  # checked by the pool
+        capacity = self.scheduler.max_batch_images
+        kind = "work"
+        try:
+            while True:
+                active = executor.active()
+                new = self.scheduler.take(max(0, capacity - active), block=active == 0)
+                if new is None:  # stopped: whatever still runs is abandoned
+                    for item in executor.abandon():
+                        self._settle(item, PoolClosed())
+                    return
+                started = time.monotonic()
+                for item in new:
+                    self.metrics.queue_wait.observe(started - item.enqueued_at)
+                    item.stats.queue_wait_s = started - item.enqueued_at
+                    item.stats.device = self.device
+                if new:
+                    kind = type(new[0]).__name__
+                left = executor.advance(new)
+                if rows := executor.active() + len(left):  # rows that took this step
+                    self.metrics.batch_images.labels(kind).observe(rows)
+                for item, result in left:
+                    item.stats.compute_s = time.monotonic() - item.enqueued_at - (
+                        item.stats.queue_wait_s or 0)
+                    item.stats.batch_images = rows
+                    self._settle(item, result)
+        except BaseException:
+            log.exception("worker %s died", self.name)
+            for item in executor.abandon():
+                self._settle(item, WorkerCrashed(self.name))
+            raise
+
+    def _settle(self, item: WorkItem, result: Any) -> None:
+        if isinstance(result, BaseException):
+            if isinstance(result, Exception) and not isinstance(result, AtelierError):
+                self.metrics.failed.labels(type(result).__name__).inc()
+            item.future.set_exception(result)
+        else:
+            item.future.set_result(result)
+        self.scheduler.finished(1)
 
     def _run(self, batch: list[WorkItem]) -> None:
         started = time.monotonic()
@@ -139,6 +204,8 @@ class Lane:
     queue_size: int = 256
     max_batch_images: int = 64
     batch_wait_ms: float = 2.0
+    # Work runs in steps and joins or leaves between them (a ContinuousExecutor).
+    continuous: bool = False
 
 
 class WorkerPool:
@@ -168,7 +235,9 @@ class WorkerPool:
         executors = {device: executor_factory(device) for device in devices}
         self.workers = [
             Worker(f"{lane.name}-{device}-{i}", device, executors[device],
-                   self.schedulers[lane.name], self.metrics)
+                   self.schedulers[lane.name], self.metrics,
+                   # An executor that cannot step work runs the lane in whole batches.
+                   continuous=lane.continuous and hasattr(executors[device], "advance"))
             for lane in lanes
             for device in devices
             for i in range(lane.workers_per_device)

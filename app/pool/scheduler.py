@@ -16,6 +16,11 @@ class Scheduler:
 
     `capacity` bounds items admitted and not yet finished (waiting or computing), so a slow
     device shows up as 503s at the door rather than as unbounded memory and latency.
+
+    A worker takes at once every pending item compatible with the oldest one (up to
+    `max_batch_images`), so batches form by themselves while the device is busy. With
+    `batch_wait_s` > 0 it then waits up to that long for more company; a waiting worker is
+    woken only when the batch could be full, not by every arrival. With 0 it never waits.
     """
 
     def __init__(
@@ -34,22 +39,29 @@ class Scheduler:
         self.batch_wait_s = batch_wait_s
         self.retry_after_s = retry_after_s
         self.metrics = metrics
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._has_work = threading.Condition(self._lock)  # idle workers wait on it
+        self._more_work = threading.Condition(self._lock)  # workers filling a batch
+        self._drained = threading.Condition(self._lock)  # wait_idle
         self._pending: deque[WorkItem] = deque()
+        self._pending_images = 0
         self._in_flight = 0
         self._closed = False
         self._stopped = False
+        self._idle_workers = 0  # workers blocked until anything is pending
+        self._filling = 0  # workers waiting for company to fill a batch
+        # Metric children bound once: `labels()` is a locked dict look-up per call.
+        self._queue_length = metrics.queue_length.labels(lane)
+        self._in_flight_gauge = metrics.in_flight.labels(lane)
+        self._dropped_cancelled = metrics.dropped.labels(lane, "cancelled")
+        self._dropped_deadline = metrics.dropped.labels(lane, "deadline")
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
     def admit(self, item: WorkItem) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 self.metrics.rejected.labels(self.lane, "closed").inc()
                 raise PoolClosed()
@@ -58,122 +70,190 @@ class Scheduler:
                 raise QueueFull(self.capacity, self.retry_after_s)
             item.enqueued_at = time.monotonic()
             self._pending.append(item)
+            self._pending_images += item.size
             self._in_flight += 1
             self._publish()
-            self._cond.notify()
-        item.future.add_done_callback(lambda future: self._forget_if_cancelled(item, future))
+            if self._idle_workers:
+                self._has_work.notify()
+            elif self._filling and self._pending_images >= self.max_batch_images:
+                self._more_work.notify()
+        item.future.add_done_callback(lambda _future: self._forget_if_cancelled(item))
 
-    def _forget_if_cancelled(self, item: WorkItem, future: object) -> None:
+    def _forget_if_cancelled(self, item: WorkItem) -> None:
         """A caller that gave up frees its queue slot at once, not when a worker gets to it."""
         if not item.future.cancelled():
             return
-        with self._cond:
+        with self._lock:
             try:
                 self._pending.remove(item)
             except ValueError:
                 return  # already taken by a worker, which drops it uncomputed
+            self._pending_images -= item.size
             self._in_flight -= 1
-            self.metrics.dropped.labels(self.lane, "cancelled").inc()
+            self._dropped_cancelled.inc()
             self._publish()
-            self._cond.notify_all()
+            if self._in_flight == 0:
+                self._drained.notify_all()
 
     def finished(self, count: int) -> None:
-        with self._cond:
+        with self._lock:
             self._in_flight -= count
             self._publish()
-            self._cond.notify_all()
+            if self._in_flight == 0:
+                self._drained.notify_all()
 
     def close(self) -> None:
         """Stop admitting; workers go on draining what was accepted."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
 
     def stop(self) -> list[WorkItem]:
         """Stop handing out work; returns the items that were never started."""
-        with self._cond:
+        with self._lock:
             self._closed = self._stopped = True
             left = list(self._pending)
             self._pending.clear()
+            self._pending_images = 0
             self._in_flight -= len(left)
             self._publish()
-            self._cond.notify_all()
+            for condition in (self._has_work, self._more_work, self._drained):
+                condition.notify_all()
             return left
 
     def wait_idle(self, timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._in_flight == 0, timeout)
+        with self._lock:
+            return self._drained.wait_for(lambda: self._in_flight == 0, timeout)
 
     def next_batch(self, poll_s: float = 0.25) -> list[WorkItem] | None:
         """Block until a batch is ready; None once the scheduler is stopped.
 
-        Returns a live batch (futures set running). The caller must report `finished`.
+        Returns a live batch (futures set running), empty when every item taken turned out
+        dead (those the scheduler counts finished itself). The caller must report `finished`
+        for the items it was handed.
         """
-        with self._cond:
+        with self._lock:
             while True:
                 if self._stopped:
                     return None
-                self._discard_dead()
-                if self._pending:
+                if (first := self._pop_live()) is not None:
                     break
-                self._cond.wait(poll_s)
-            first = self._pending.popleft()
+                self._idle_workers += 1
+                try:
+                    self._has_work.wait(poll_s)
+                finally:
+                    self._idle_workers -= 1
             batch, images = [first], first.size
             key = first.batch_key
             if key is not None:
-                give_up_at = time.monotonic() + self.batch_wait_s
-                while True:
-                    images = self._take_compatible(key, batch, images)
-                    remaining = give_up_at - time.monotonic()
-                    if images >= self.max_batch_images or remaining <= 0 or self._stopped:
-                        break
-                    self._cond.wait(remaining)
+                images = self._take_compatible(key, batch, images)
+                if self.batch_wait_s > 0 and images < self.max_batch_images:
+                    images = self._fill(key, batch, images)
             self._publish()
         return self._start(batch)
 
-    def _take_compatible(self, key: object, batch: list[WorkItem], images: int) -> int:
-        kept: deque[WorkItem] = deque()
+    def take(self, max_images: int, *, block: bool,
+             poll_s: float = 0.25) -> list[WorkItem] | None:
+        """For continuous workers: the oldest pending items, of any batch key, that fit in
+        `max_images` (live: futures set running); without `block`, possibly none. None once
+        the scheduler is stopped. The caller reports `finished` per item handed out."""
+        with self._lock:
+            while True:
+                if self._stopped:
+                    return None
+                taken: list[WorkItem] = []
+                room = max_images
+                while room > 0 and self._pending and self._pending[0].size <= room:
+                    item = self._pop_live()
+                    if item is None:
+                        break
+                    taken.append(item)
+                    room -= item.size
+                if taken or not block:
+                    break
+                self._idle_workers += 1
+                try:
+                    self._has_work.wait(poll_s)
+                finally:
+                    self._idle_workers -= 1
+            self._publish()
+        return self._start(taken)
+
+    def _pop_live(self) -> WorkItem | None:
+        """The oldest pending item still wanted; the dead ones before it are dropped."""
+        now = time.monotonic()
         while self._pending:
             item = self._pending.popleft()
-            if item.batch_key == key and images + item.size <= self.max_batch_images:
-                batch.append(item)
-                images += item.size
+            self._pending_images -= item.size
+            if not self._drop_if_dead(item, now):
+                return item
+        return None
+
+    def _drop_if_dead(self, item: WorkItem, now: float) -> bool:
+        """Drop, uncomputed, an item whose caller has gone or whose deadline has passed."""
+        if item.future.cancelled():
+            self._dropped_cancelled.inc()
+        elif item.expired(now):
+            self._dropped_deadline.inc()
+            item.future.set_exception(DeadlineExceeded())
+        else:
+            return False
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._drained.notify_all()
+        return True
+
+    def _fill(self, key: object, batch: list[WorkItem], images: int) -> int:
+        """Wait up to batch_wait_s for more compatible items (the lock is held)."""
+        give_up_at = time.monotonic() + self.batch_wait_s
+        self._filling += 1
+        try:
+            while (remaining := give_up_at - time.monotonic()) > 0 and not self._stopped:
+                self._more_work.wait(remaining)
+                images = self._take_compatible(key, batch, images)
+                if images >= self.max_batch_images:
+                    break
+        finally:
+            self._filling -= 1
+        return images
+
+    def _take_compatible(self, key: object, batch: list[WorkItem], images: int) -> int:
+        """Move pending items with this key into the batch, oldest first, while they fit."""
+        if not self._pending:
+            return images
+        now = time.monotonic()
+        room = self.max_batch_images - images
+        kept: deque[WorkItem] = deque()
+        for item in self._pending:
+            if item.batch_key == key and item.size <= room:
+                self._pending_images -= item.size
+                if not self._drop_if_dead(item, now):
+                    batch.append(item)
+                    room -= item.size
             else:
                 kept.append(item)
         self._pending = kept
-        return images
-
-    def _discard_dead(self) -> None:
-        """Drop, uncomputed, items whose caller has gone or whose deadline has passed."""
-        now = time.monotonic()
-        alive: deque[WorkItem] = deque()
-        for item in self._pending:
-            if item.future.cancelled():
-                self.metrics.dropped.labels(self.lane, "cancelled").inc()
-                self._in_flight -= 1
-            elif item.expired(now):
-                self.metrics.dropped.labels(self.lane, "deadline").inc()
-                item.future.set_exception(DeadlineExceeded())
-                self._in_flight -= 1
-            else:
-                alive.append(item)
-        self._pending = alive
+        return self.max_batch_images - room
 
     def _start(self, batch: list[WorkItem]) -> list[WorkItem]:
+        """Set the batch's futures running; items whose caller left or whose deadline passed
+        are dropped here, uncomputed, and counted finished."""
         live: list[WorkItem] = []
+        dead = 0
         now = time.monotonic()
         for item in batch:
             if not item.future.set_running_or_notify_cancel():
-                self.metrics.dropped.labels(self.lane, "cancelled").inc()
+                self._dropped_cancelled.inc()
             elif item.expired(now):
-                self.metrics.dropped.labels(self.lane, "deadline").inc()
+                self._dropped_deadline.inc()
                 item.future.set_exception(DeadlineExceeded())
             else:
                 live.append(item)
                 continue
-            self.finished(1)
+            dead += 1
+        if dead:
+            self.finished(dead)
         return live
 
     def _publish(self) -> None:
-        self.metrics.queue_length.labels(self.lane).set(len(self._pending))
-        self.metrics.in_flight.labels(self.lane).set(self._in_flight)
+        self._queue_length.set(len(self._pending))
+        self._in_flight_gauge.set(self._in_flight)

@@ -102,6 +102,7 @@ def engine_options(
         # bf16 gradients are too noisy for L-BFGS's curvature pairs (see StyleBatch).
         precision=s.style_precision if params.optimizer == "adam" else "fp32",
         channels_last=s.style_channels_last,
+        bucket_px=s.style_buckets(),
     )
 
 
@@ -197,7 +198,7 @@ class StylizeService:
         images = []
         for name, data, long_side in named:
             try:
-                image = decode_upload(data, self.settings.max_pixels)
+                image = decode_upload(data, self.settings.max_pixels, long_side)
             except ImageInputError as exc:
                 exc.field = name
                 raise

@@ -13,12 +13,21 @@ from app.engines.style.options import StyleOptions
 MIN_SIDE = 16
 
 
+def scaled(h: int, w: int, long_side: int, min_side: int = 1) -> tuple[int, int]:
+    """(H, W) with max(H, W) == long_side and the aspect ratio kept, the short side rounded
+    and raised to `min_side` if it falls below (the long side never grows for it)."""
+    scale = long_side / max(h, w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if h <= w:
+        return max(min_side, new_h), new_w
+    return new_h, max(min_side, new_w)
+
+
 def resize_long_side(image: torch.Tensor, long_side: int, min_side: int = 1) -> torch.Tensor:
-    """uint8 [H, W, 3] resized (antialiased) so that max(H, W) == long_side, unless that
-    would make the short side smaller than `min_side`."""
+    """uint8 [H, W, 3] resized (antialiased) so that max(H, W) == long_side and the short
+    side is at least `min_side`."""
     h, w = image.shape[:2]
-    scale = max(long_side / max(h, w), min_side / min(h, w))
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    size = scaled(h, w, long_side, min_side)
     if size == (h, w):
         return image
     x = image.permute(2, 0, 1).unsqueeze(0).float()
@@ -28,17 +37,15 @@ def resize_long_side(image: torch.Tensor, long_side: int, min_side: int = 1) -> 
 
 def fits(shape: Sequence[int], long_side: int) -> bool:
     """Whether an image of this shape, resized to `long_side`, keeps a short side the
-    network can use. Jobs must be checked with it: otherwise the minimum short side would
-    win over the long side and a 100000x1 image would ask for gigabytes."""
+    network can use without stretching it. Jobs are checked with it: a 100000x1 image cannot
+    be painted at any size."""
     h, w = shape[0], shape[1]
     return round(min(h, w) * long_side / max(h, w)) >= MIN_SIDE
 
 
 def output_shape(content_shape: Sequence[int], size: int) -> tuple[int, int]:
     """(H, W) of the result for a content image of this shape."""
-    h, w = content_shape[0], content_shape[1]
-    scale = max(size / max(h, w), MIN_SIDE / min(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
+    return scaled(content_shape[0], content_shape[1], size, MIN_SIDE)
 
 
 def compute_shape(natural: tuple[int, int], bucket_px: int) -> tuple[int, int]:
