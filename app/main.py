@@ -119,6 +119,7 @@ def create_app(
     )
     app.state.settings = settings
     problems.install(app)
+    app.openapi = problems.problem_openapi(app)  # type: ignore[method-assign]
 
     async def on_disconnect(_request: Request, _exc: Exception) -> Response:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AtelierError, InternalError
@@ -108,12 +111,55 @@ def problem_response(error: AtelierError, request: Request) -> Response:
                     headers=problem_headers(error, None))
 
 
+def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The app's OpenAPI document with every error response as what it really is:
+    application/problem+json (FastAPI documents 422 as its own JSON shape), and the 400 of
+    an unparseable body on every operation that takes one."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = ProblemDocument.model_json_schema(
+            ref_template="#/components/schemas/{model}")
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        problem = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                responses = operation.setdefault("responses", {})
+                if "requestBody" in operation:
+                    responses.setdefault("400", {"description": "A body that cannot be"
+                                                 " parsed."})
+                for status, response in responses.items():
+                    if status[0] in "45":
+                        response["content"] = problem
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
+class ProblemDocument(BaseModel):
+    """An RFC 9457 problem details document, as every error answers."""
+
+    type: str = Field(..., examples=["urn:atelier:problem:validation"])
+    title: str = Field(..., examples=["Invalid request"])
+    status: int = Field(..., examples=[422])
+    detail: str = Field(..., examples=["steps: must be between 1 and 2000"])
+    instance: str = Field(..., examples=["/stylize"])
+    request_id: str | None = Field(None, examples=["4f2c9a..."])
+    errors: list[dict[str, str]] | None = Field(
+        None, description="Validation errors: `field`, `message`, `type`.")
+
+
 def install(app: FastAPI) -> None:
     """Handlers on the base classes: every error, ours or the framework's, as problem+json."""
 
     async def on_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, AtelierError)
-        if exc.status >= 500:
+        if exc.status >= 500 and exc.retry_after_s is None:  # 503s are load, not faults
             log.warning("request failed: %s: %s", type(exc).__name__, exc)
         return problem_response(exc, request)
 

@@ -74,6 +74,9 @@ def engine_options(
                            f"{len(params.style_blend)} weights for {styles} styles")
     if params.preview_every > steps:
         raise InvalidField("preview_every", "must not exceed steps")
+    if round(size * params.style_scale) < MIN_SIDE:
+        raise InvalidField("style_scale", f"too small for size {size}: the style images would"
+                           f" be under {MIN_SIDE} px (at least {MIN_SIDE / size:.3g})")
     d = manifest.defaults
     base = StyleOptions()
 
