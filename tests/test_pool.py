@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,129 +40,124 @@ class Job(WorkItem):
         return self.key
 
 
-def make_pool(executor: FakeExecutor, **kwargs: Any) -> WorkerPool:
-    lane: dict[str, Any] = {"queue_size": 64, "max_batch_images": 8, "batch_wait_ms": 50}
-    retry_after_s = kwargs.pop("retry_after_s", 1)
-    pool = WorkerPool(["cpu"], lambda _device: executor, lanes=[Lane(**(lane | kwargs))],
-                      retry_after_s=retry_after_s, supervise_interval_s=0.05)
-    pool.start()
-    return pool
+PoolFactory = Callable[..., WorkerPool]
 
 
-def test_requests_for_the_same_key_coalesce_up_to_max_batch_images() -> None:
+@pytest.fixture
+def make_pool() -> Iterator[PoolFactory]:
+    """Started single-lane pools on a scripted executor, shut down after the test."""
+    pools: list[WorkerPool] = []
+
+    def make(executor: FakeExecutor, **kwargs: Any) -> WorkerPool:
+        lane: dict[str, Any] = {"queue_size": 64, "max_batch_images": 8, "batch_wait_ms": 50}
+        retry_after_s = kwargs.pop("retry_after_s", 1)
+        pool = WorkerPool(["cpu"], lambda _device: executor, lanes=[Lane(**(lane | kwargs))],
+                          retry_after_s=retry_after_s, supervise_interval_s=0.05)
+        pool.start()
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.shutdown(1)
+
+
+def test_requests_for_the_same_key_coalesce_up_to_max_batch_images(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor, max_batch_images=8)
-    try:
-        blocker = Job(key="other", payload="b")
-        pool.submit(blocker)
-        executor.started.wait(5)
-        jobs = [Job(images=3, payload=i) for i in range(5)]  # 15 images: 3+3 | 3+3 | 3
-        futures = [pool.submit(j) for j in jobs]
-        executor.gate.set()
-        assert [f.result(5) for f in futures] == [0, 1, 2, 3, 4]
-        sizes = [sum(j.size for j in b) for b in executor.batches[1:]]
-        assert sizes == [6, 6, 3]
-        assert all(len({j.batch_key for j in b}) == 1 for b in executor.batches)
-        assert jobs[0].stats.batch_images == 6
-    finally:
-        pool.shutdown(1)
+    blocker = Job(key="other", payload="b")
+    pool.submit(blocker)
+    executor.started.wait(5)
+    jobs = [Job(images=3, payload=i) for i in range(5)]  # 15 images: 3+3 | 3+3 | 3
+    futures = [pool.submit(j) for j in jobs]
+    executor.gate.set()
+    assert [f.result(5) for f in futures] == [0, 1, 2, 3, 4]
+    sizes = [sum(j.size for j in b) for b in executor.batches[1:]]
+    assert sizes == [6, 6, 3]
+    assert all(len({j.batch_key for j in b}) == 1 for b in executor.batches)
+    assert jobs[0].stats.batch_images == 6
 
 
-def test_different_keys_never_share_a_batch() -> None:
+def test_different_keys_never_share_a_batch(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor)
-    try:
-        pool.submit(Job(key="x"))
-        executor.started.wait(5)
-        futures = [pool.submit(Job(key=k)) for k in ["a", "b", "a", "b", None, None]]
-        executor.gate.set()
-        for f in futures:
-            f.result(5)
-        for batch in executor.batches:
-            assert len({j.key for j in batch}) == 1
-            if batch[0].key is None:
-                assert len(batch) == 1
-    finally:
-        pool.shutdown(1)
+    pool.submit(Job(key="x"))
+    executor.started.wait(5)
+    futures = [pool.submit(Job(key=k)) for k in ["a", "b", "a", "b", None, None]]
+    executor.gate.set()
+    for f in futures:
+        f.result(5)
+    for batch in executor.batches:
+        assert len({j.key for j in batch}) == 1
+        if batch[0].key is None:
+            assert len(batch) == 1
 
 
-def test_full_queue_is_refused_at_once_and_recovers() -> None:
+def test_full_queue_is_refused_at_once_and_recovers(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor, queue_size=3, retry_after_s=2)
-    try:
-        admitted = [pool.submit(Job(key=None)) for _ in range(3)]
-        t0 = time.monotonic()
-        with pytest.raises(QueueFull) as info:
-            pool.submit(Job(key=None))
-        assert time.monotonic() - t0 < 0.1
-        assert info.value.retry_after_s == 2
-        executor.gate.set()
-        for f in admitted:
-            f.result(5)
-        pool.submit(Job(key=None)).result(5)  # room again once the queue drained
-    finally:
-        pool.shutdown(1)
+    admitted = [pool.submit(Job(key=None)) for _ in range(3)]
+    t0 = time.monotonic()
+    with pytest.raises(QueueFull) as info:
+        pool.submit(Job(key=None))
+    assert time.monotonic() - t0 < 0.1
+    assert info.value.retry_after_s == 2
+    executor.gate.set()
+    for f in admitted:
+        f.result(5)
+    pool.submit(Job(key=None)).result(5)  # room again once the queue drained
 
 
-def test_work_past_its_deadline_is_dropped_uncomputed() -> None:
+def test_work_past_its_deadline_is_dropped_uncomputed(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor)
-    try:
-        pool.submit(Job(key="blocker"))
-        executor.started.wait(5)
-        late = Job(key=None, deadline=time.monotonic() + 0.05)
-        future = pool.submit(late)
-        time.sleep(0.1)
-        executor.gate.set()
-        with pytest.raises(DeadlineExceeded):
-            future.result(5)
-        wait_until(lambda: pool.scheduler.in_flight == 0)
-        assert late not in executor.computed
-    finally:
-        pool.shutdown(1)
+    pool.submit(Job(key="blocker"))
+    executor.started.wait(5)
+    late = Job(key=None, deadline=time.monotonic() + 0.05)
+    future = pool.submit(late)
+    time.sleep(0.1)
+    executor.gate.set()
+    with pytest.raises(DeadlineExceeded):
+        future.result(5)
+    wait_until(lambda: pool.scheduler.in_flight == 0)
+    assert late not in executor.computed
 
 
-def test_cancelled_work_is_dropped_uncomputed() -> None:
+def test_cancelled_work_is_dropped_uncomputed(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor)
-    try:
-        pool.submit(Job(key="blocker"))
-        executor.started.wait(5)
-        gone = Job(key=None)
-        kept = Job(key=None)
-        pool.submit(gone).cancel()
-        pool.submit(kept)
-        executor.gate.set()
-        kept.future.result(5)
-        wait_until(lambda: pool.scheduler.in_flight == 0)
-        assert gone not in executor.computed and kept in executor.computed
-    finally:
-        pool.shutdown(1)
+    pool.submit(Job(key="blocker"))
+    executor.started.wait(5)
+    gone = Job(key=None)
+    kept = Job(key=None)
+    pool.submit(gone).cancel()
+    pool.submit(kept)
+    executor.gate.set()
+    kept.future.result(5)
+    wait_until(lambda: pool.scheduler.in_flight == 0)
+    assert gone not in executor.computed and kept in executor.computed
 
 
-def test_async_timeout_cancels_queued_work() -> None:
+def test_async_timeout_cancels_queued_work(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor)
-    try:
-        pool.submit(Job(key="blocker"))
-        executor.started.wait(5)
-        job = Job(key=None)
-        with pytest.raises(DeadlineExceeded):
-            asyncio.run(pool.run(job, timeout_s=0.05))
-        executor.gate.set()
-        wait_until(lambda: pool.scheduler.in_flight == 0)
-        assert job not in executor.computed
-    finally:
-        pool.shutdown(1)
+    pool.submit(Job(key="blocker"))
+    executor.started.wait(5)
+    job = Job(key=None)
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(pool.run(job, timeout_s=0.05))
+    executor.gate.set()
+    wait_until(lambda: pool.scheduler.in_flight == 0)
+    assert job not in executor.computed
 
 
-def test_out_of_memory_splits_the_batch_and_retries() -> None:
+def test_out_of_memory_splits_the_batch_and_retries(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
 
     def oom_above_two(batch: Sequence[WorkItem], max_images: int) -> None:
@@ -171,16 +166,13 @@ def test_out_of_memory_splits_the_batch_and_retries() -> None:
 
     executor.behaviour = oom_above_two
     pool = make_pool(executor)
-    try:
-        job = Job(images=8, payload="ok")
-        assert pool.submit(job).result(5) == "ok"
-        assert executor.max_images_seen == [8, 4, 2]
-        assert pool.metrics.oom_splits._value.get() == 2
-    finally:
-        pool.shutdown(1)
+    job = Job(images=8, payload="ok")
+    assert pool.submit(job).result(5) == "ok"
+    assert executor.max_images_seen == [8, 4, 2]
+    assert pool.metrics.oom_splits._value.get() == 2
 
 
-def test_out_of_memory_for_a_single_image_fails_cleanly() -> None:
+def test_out_of_memory_for_a_single_image_fails_cleanly(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
 
     def always_oom(batch: Sequence[WorkItem], max_images: int) -> None:
@@ -188,16 +180,13 @@ def test_out_of_memory_for_a_single_image_fails_cleanly() -> None:
 
     executor.behaviour = always_oom
     pool = make_pool(executor)
-    try:
-        with pytest.raises(OutOfMemory):
-            pool.submit(Job(images=2)).result(5)
-        executor.behaviour = None
-        assert pool.submit(Job(payload=1)).result(5) == 1
-    finally:
-        pool.shutdown(1)
+    with pytest.raises(OutOfMemory):
+        pool.submit(Job(images=2)).result(5)
+    executor.behaviour = None
+    assert pool.submit(Job(payload=1)).result(5) == 1
 
 
-def test_an_exception_fails_only_its_batch_and_the_worker_goes_on() -> None:
+def test_an_exception_fails_only_its_batch_and_the_worker_goes_on(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
 
     def explode_on_bad(batch: Sequence[WorkItem], max_images: int) -> None:
@@ -206,14 +195,11 @@ def test_an_exception_fails_only_its_batch_and_the_worker_goes_on() -> None:
 
     executor.behaviour = explode_on_bad
     pool = make_pool(executor, batch_wait_ms=0)
-    try:
-        bad = pool.submit(Job(key="bad", payload="bad"))
-        with pytest.raises(ValueError, match="boom"):
-            bad.result(5)
-        assert pool.submit(Job(payload="good")).result(5) == "good"
-        assert pool.healthy
-    finally:
-        pool.shutdown(1)
+    bad = pool.submit(Job(key="bad", payload="bad"))
+    with pytest.raises(ValueError, match="boom"):
+        bad.result(5)
+    assert pool.submit(Job(payload="good")).result(5) == "good"
+    assert pool.healthy
 
 
 class WorkerKiller(BaseException):
@@ -221,7 +207,7 @@ class WorkerKiller(BaseException):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_dead_worker_fails_its_batch_and_is_restarted() -> None:
+def test_a_dead_worker_fails_its_batch_and_is_restarted(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
 
     def kill(batch: Sequence[WorkItem], max_images: int) -> None:
@@ -230,18 +216,15 @@ def test_a_dead_worker_fails_its_batch_and_is_restarted() -> None:
 
     executor.behaviour = kill
     pool = make_pool(executor, batch_wait_ms=0)
-    try:
-        doomed = pool.submit(Job(key=None, payload="kill"))
-        with pytest.raises(WorkerCrashed):
-            doomed.result(5)
-        wait_until(lambda: pool.metrics.worker_restarts._value.get() >= 1)
-        assert pool.submit(Job(payload="after")).result(5) == "after"
-        wait_until(lambda: pool.healthy)
-    finally:
-        pool.shutdown(1)
+    doomed = pool.submit(Job(key=None, payload="kill"))
+    with pytest.raises(WorkerCrashed):
+        doomed.result(5)
+    wait_until(lambda: pool.metrics.worker_restarts._value.get() >= 1)
+    assert pool.submit(Job(payload="after")).result(5) == "after"
+    wait_until(lambda: pool.healthy)
 
 
-def test_shutdown_refuses_new_work_and_finishes_accepted_work() -> None:
+def test_shutdown_refuses_new_work_and_finishes_accepted_work(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor, batch_wait_ms=0)
@@ -257,7 +240,7 @@ def test_shutdown_refuses_new_work_and_finishes_accepted_work() -> None:
     assert [f.result(0) for f in accepted] == [0, 1, 2]
 
 
-def test_shutdown_grace_bounds_the_wait_and_fails_what_is_left() -> None:
+def test_shutdown_grace_bounds_the_wait_and_fails_what_is_left(make_pool: PoolFactory) -> None:
     executor = FakeExecutor()
     executor.gate.clear()
     pool = make_pool(executor, batch_wait_ms=0)
