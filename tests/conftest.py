@@ -43,13 +43,17 @@ def real_catalog() -> Catalog:
     return catalog
 
 
+# Removed when the test process exits.
+_JOBS_ROOT = tempfile.TemporaryDirectory(prefix="atelier-test-jobs-")
+
+
 def make_settings(**overrides: Any) -> Settings:
     """Test settings; each call gets a fresh jobs dir (the job store is durable: a shared
     one would carry jobs from one test's server into the next)."""
     base: dict[str, Any] = {
         "devices": "cpu", "catalog_dir": CATALOG_DIR, "model_dir": MODEL_DIR,
         "log_format": "text", "log_level": "WARNING", "shutdown_grace_s": 5,
-        "jobs_dir": Path(tempfile.mkdtemp(prefix="atelier-jobs-")),
+        "jobs_dir": Path(tempfile.mkdtemp(dir=_JOBS_ROOT.name)),
     }
     return Settings(**(base | overrides))
 
