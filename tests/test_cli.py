@@ -208,6 +208,21 @@ def test_server_refusals_print_the_problem(
     assert "503: Model unavailable:" in err and "(retry after 60 s)" in err
 
 
+def test_a_server_with_api_keys_gets_the_key_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = ["-o", str(tmp_path / "o.png")]
+    settings = make_settings(api_keys="sesame-1234567890", jobs_dir=tmp_path / "jobs")
+    with LiveServer(create_app(settings)) as locked:
+        code, _, err = run(["generate", *out, "--server", locked.url], capsys)
+        assert code == 2 and "401" in err
+        monkeypatch.setenv("ATELIER_API_KEY", "sesame-1234567890")
+        code, _, err = run(["generate", *out, "--server", locked.url], capsys)
+        assert code == 0, err
+        assert "sesame" not in err
+    assert (tmp_path / "o.png").stat().st_size > 0
+
+
 def test_unreachable_server(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = ["-o", str(tmp_path / "o.png")]
     code, _, err = run(["generate", *out, "--server", "http://127.0.0.1:9"], capsys)

@@ -5,6 +5,7 @@ drives the same progress handler as a local run. A dropped stream is resumed wit
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +36,12 @@ def _client(server: str) -> Iterator[httpx.Client]:
         raise CliError(f"--server: {exc}", USAGE) from None
     if url.scheme not in ("http", "https") or not url.host:
         raise CliError(f"--server: expected an http:// or https:// URL, got {server!r}", USAGE)
-    with httpx.Client(base_url=server.rstrip("/"), timeout=REQUEST_TIMEOUT) as client:
+    # A server with API keys on wants one (ATELIER_API_KEY, never a command-line argument,
+    # which other users of the machine could read in the process list).
+    key = os.environ.get("ATELIER_API_KEY", "").strip()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=server.rstrip("/"), timeout=REQUEST_TIMEOUT,
+                      headers=headers) as client:
         yield client
 
 
