@@ -34,7 +34,9 @@ class Settings(BaseSettings):
         64, ge=1, description="Most images one /generate forward pass may hold."
     )
     batch_wait_ms: float = Field(
-        2.0, ge=0, description="How long a worker waits for more work to fill a batch."
+        0.0, ge=0, description="How long a /generate worker waits for more work to fill a"
+        " batch. 0: never; it takes whatever is queued at once, so batches form by themselves"
+        " while the device is busy.",
     )
     max_images_per_request: int = Field(64, ge=1, le=1024, description="Upper bound of `n`.")
     request_timeout_s: float = Field(

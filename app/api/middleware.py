@@ -25,6 +25,20 @@ class AccessLog:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry,
         )
+        # The metric children of each (method, route, status) seen, bound once: `labels()`
+        # costs a lock and a dict look-up per call. Routes are templates, so this stays small.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,14 +65,14 @@ class AccessLog:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"]
-            self.requests.labels(method, route, str(status)).inc()
-            self.latency.labels(method, route).observe(elapsed)
-            fields: dict[str, Any] = {
-                "request_id": request_id, "method": method, "path": scope["path"],
-                "status": status, "duration_ms": round(elapsed * 1000, 2),
-                **state.get("log_fields", {}),
-            }
-            log.info("request", extra={"fields": fields})
+            self._observe(method, route, status, elapsed)
+            if log.isEnabledFor(logging.INFO):
+                fields: dict[str, Any] = {
+                    "request_id": request_id, "method": method, "path": scope["path"],
+                    "status": status, "duration_ms": round(elapsed * 1000, 2),
+                    **state.get("log_fields", {}),
+                }
+                log.info("request", extra={"fields": fields})
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

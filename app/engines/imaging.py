@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import math
+import struct
+import zlib
 from collections.abc import Sequence
 from enum import StrEnum
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -28,6 +31,10 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 
 def encode(image: Image.Image | torch.Tensor, fmt: ImageFormat) -> bytes:
+    if fmt is ImageFormat.PNG:
+        pixels = _png_pixels(image)
+        if pixels is not None:
+            return png(pixels)
     pil = to_pil(image) if isinstance(image, torch.Tensor) else image
     buffer = io.BytesIO()
     if fmt is ImageFormat.JPEG:
@@ -35,11 +42,59 @@ def encode(image: Image.Image | torch.Tensor, fmt: ImageFormat) -> bytes:
     elif fmt is ImageFormat.WEBP:
         pil.save(buffer, "WEBP", quality=90, method=4)
     elif fmt is ImageFormat.PNG:
-        # Level 1 is several times faster than the default and barely larger for photos.
         pil.save(buffer, "PNG", compress_level=1)
     else:
         pil.save(buffer, fmt.value.upper())
     return buffer.getvalue()
+
+
+# PNG colour type by channel count: grey, grey + alpha, RGB, RGBA.
+_PNG_COLOUR_TYPES = {1: 0, 2: 4, 3: 2, 4: 6}
+_PNG_MODES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
+
+
+def _png_pixels(image: Image.Image | torch.Tensor) -> np.ndarray | None:
+    """uint8 [H, W, C] pixels that `png` can write, or None (Pillow writes the rest)."""
+    if isinstance(image, torch.Tensor):
+        if image.dtype != torch.uint8 or image.dim() not in (2, 3) or image.device.type != "cpu":
+            return None
+        pixels = image.numpy()
+    elif image.mode in _PNG_MODES:
+        pixels = np.asarray(image)
+    else:
+        return None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] not in _PNG_COLOUR_TYPES or 0 in pixels.shape:
+        return None
+    return pixels
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return (struct.pack(">I", len(data)) + tag + data
+            + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag))))
+
+
+def png(pixels: np.ndarray) -> bytes:
+    """A PNG of uint8 pixels [H, W, C], C = 1 to 4 (grey, grey + alpha, RGB, RGBA).
+
+    Every row is "Up"-filtered (its difference from the row above) and deflated at level 1:
+    2-3x faster than Pillow at `compress_level=1` (which tries five filters on every row)
+    and about 6% larger on GAN faces; the decoded pixels are the same.
+    """
+    height, width, channels = pixels.shape
+    rows = np.ascontiguousarray(pixels).reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type Up
+    filtered[:, 1:] = rows
+    np.subtract(filtered[1:, 1:], rows[:-1], out=filtered[1:, 1:])  # wraps modulo 256
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPES[channels], 0, 0, 0)
+    return b"".join((
+        b"\x89PNG\r\n\x1a\n",
+        _png_chunk(b"IHDR", header),
+        _png_chunk(b"IDAT", zlib.compress(filtered.data, 1)),
+        _png_chunk(b"IEND", b""),
+    ))
 
 
 def grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> torch.Tensor:

@@ -80,7 +80,7 @@ class GenerationService:
         return await self.encode_grid(generated.images, fmt)
 
     async def encode_one(self, image: torch.Tensor, fmt: ImageFormat) -> bytes:
-        return await self.encoder.run(imaging.encode, image, fmt)
+        return await self.encoder.encode(image, fmt)
 
     async def encode_grid(self, images: torch.Tensor, fmt: ImageFormat) -> bytes:
         return await self.encoder.run(lambda: imaging.encode(imaging.grid(images), fmt))
