@@ -85,16 +85,18 @@ class Settings(BaseSettings):
         0, ge=0, le=64,
         description="Style jobs of one output size optimised together (0: 8 on GPUs, 1 on CPU).",
     )
-    style_bucket_px: int | Literal["auto"] = Field(
-        "auto", description="Shape buckets: the short side of a style job's compute shape is"
+    style_bucket_px: int = Field(
+        0, ge=0, description="Shape buckets: the short side of a style job's compute shape is"
         " padded up to a multiple of this many pixels (and the result cropped back), so jobs of"
         " similar aspect ratios share one shape, one batch and the device's tuned kernels; 0:"
-        " every job at its natural shape; `auto`: 64 on GPUs, 0 on the CPU.",
+        " every job at its natural shape. Off by default: at 128 px on the CPU the padding"
+        " cost 10-110% of textbook loss (bench/buckets.py); its cost at 512 px is unmeasured.",
     )
     style_warmup: Literal["auto", "on", "off"] = Field(
         "auto", description="Before /readyz says ready, run every bucket shape of"
         " `ATELIER_DEFAULT_SIZE` at every batch size once, so no user pays the first-shape"
-        " cost (kernel selection, allocations); `auto`: on GPUs only.",
+        " cost (kernel selection, allocations); `auto`: on GPUs only. Needs shape buckets"
+        " (`ATELIER_STYLE_BUCKET_PX`): without them the shapes are not known in advance.",
     )
     style_precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="Convolution precision of Adam style jobs (Gram and losses stay"
@@ -165,8 +167,6 @@ class Settings(BaseSettings):
         return any(d.startswith("cuda") for d in self.device_list())
 
     def style_buckets(self) -> int:
-        if self.style_bucket_px == "auto":
-            return 64 if self.on_gpu() else 0
         return self.style_bucket_px
 
     def style_warmup_on(self) -> bool:

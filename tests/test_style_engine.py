@@ -394,14 +394,35 @@ def test_shape_buckets_bound_the_compute_shapes_and_keep_the_natural_shape(
     assert result.image.shape[:2] == style.output_shape(wider.shape, 64)
 
 
-def test_padding_to_a_bucket_mirrors_the_edges_and_crops_back() -> None:
-    content = image("content.jpg")
-    padded, top, left = style.pad_to(content, (content.shape[0] + 10, content.shape[1] + 3))
-    assert padded.shape[:2] == (content.shape[0] + 10, content.shape[1] + 3)
-    assert (top, left) == (5, 1)
-    assert torch.equal(padded[top:top + content.shape[0], left:left + content.shape[1]],
-                       content)
-    assert torch.equal(padded[top - 1, left:left + content.shape[1]], content[1])  # mirrored
+def test_a_bucketed_job_sees_only_its_own_pixels(vgg: VGG19Features) -> None:
+    """Padding to a bucket: the padding is zeros in network space (what the network's own
+    zero padding shows the first layer) and never moves; the losses count only the job's
+    region, so at the start they are within a few percent of the unpadded ones."""
+    from app.engines.style.targets import Regions, batch_losses, pad_zeros
+
+    content = style.resize_long_side(image("content.jpg"), 48, style.MIN_SIDE)
+    styles = [style.resize_long_side(image("starry.jpg"), 48, style.MIN_SIDE)]
+    options = replace(BASE, size=48, tv_weight=0.0)
+    natural = tuple(content.shape[:2])
+    shape = (natural[0] + 13, natural[1])
+    weights = torch.tensor([[1.0, options.style_weight, 0.0]])
+    x = CAFFE.preprocess(content, CPU)
+    plain = StyleTargets(vgg, CAFFE, content, styles, [1.0], options, CPU)
+    padded = StyleTargets(vgg, CAFFE, content, styles, [1.0], options, CPU, shape=shape)
+    with torch.no_grad():
+        alone = batch_losses(vgg, x, plain.content, plain.grams, weights, options)[0]
+        inside = batch_losses(vgg, pad_zeros(x, shape), padded.content, padded.grams, weights,
+                              options, Regions([natural], shape, CPU))[0]
+    assert abs(float(inside) - float(alone)) < 0.1 * float(alone)
+    job = style.StyleJob(image("content.jpg"), styles, replace(options, steps=3, bucket_px=32))
+    batch = style.StyleBatch(vgg, style.batch_key(job.options, job.content.shape), job.options,
+                             device=CPU)
+    batch.join(job)
+    assert batch.x is not None and tuple(batch.x.shape[-2:]) == (64, 48)
+    batch.step()
+    assert batch.x is not None and batch.x[..., natural[0]:, :].abs().max() == 0
+    (_, result), = [o for _ in range(2) for o in batch.step()]
+    assert isinstance(result, style.StyleResult) and tuple(result.image.shape[:2]) == natural
 
 
 def test_bf16_is_refused_with_lbfgs_and_close_to_fp32_with_adam(vgg: VGG19Features) -> None:

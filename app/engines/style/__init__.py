@@ -28,7 +28,6 @@ from app.engines.style.shapes import (
     compute_shape,
     fits,
     output_shape,
-    pad_to,
     resize_long_side,
 )
 from app.engines.style.space import CAFFE, IMAGENET, InputSpace, input_space
@@ -72,7 +71,6 @@ __all__ = [
     "losses",
     "match_color",
     "output_shape",
-    "pad_to",
     "resize_long_side",
     "stylize",
     "stylize_batch",

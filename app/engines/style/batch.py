@@ -17,11 +17,10 @@ from app.engines.style.shapes import (
     MIN_SIDE,
     batch_key,
     compute_shape,
-    pad_to,
     resize_long_side,
 )
 from app.engines.style.space import CAFFE, InputSpace
-from app.engines.style.targets import StyleTargets, batch_losses, initial_image
+from app.engines.style.targets import Regions, StyleTargets, batch_losses, initial_image
 from app.nets.vgg import VGG19Features, deepest, relu_name
 
 
@@ -81,9 +80,10 @@ def _prepare(vgg: VGG19Features, job: StyleJob, space: InputSpace, device: torch
     if deepest(needed) not in vgg_layers(vgg):
         raise ValueError("the network is truncated before a layer this job needs")
     natural = (int(content.shape[0]), int(content.shape[1]))
-    padded, top, left = pad_to(content, compute_shape(natural, options.bucket_px))
-    targets = StyleTargets(vgg, space, padded, styles, blend, options, device, cache)
-    return _Row(job, content, targets, initial_image(padded, options, space, device), top, left)
+    shape = compute_shape(natural, options.bucket_px)
+    targets = StyleTargets(vgg, space, content, styles, blend, options, device, cache, shape)
+    return _Row(job, content, targets, initial_image(content, options, space, device, shape),
+                0, 0)
 
 
 Outcome = tuple[StyleJob, StyleResult | Exception]
@@ -116,6 +116,7 @@ class StyleBatch:
         self.grams: dict[str, torch.Tensor] = {}
         self.weights: torch.Tensor | None = None  # [rows, 3]: content, style and TV weights
         self.optimizer: BatchedLBFGS | BatchedAdam | None = None
+        self._regions: Regions | None = None  # set while any row is padded to the bucket
         self._bounds = space.pixel_bounds(device)
 
     def __len__(self) -> int:
@@ -143,6 +144,13 @@ class StyleBatch:
             self.weights = torch.cat([self.weights, weights])
             self.optimizer.add(1)
         self.rows.append(row)
+        self._update_regions()
+
+    def _update_regions(self) -> None:
+        sizes = [(int(r.content.shape[0]), int(r.content.shape[1])) for r in self.rows]
+        shape = None if self.x is None else (int(self.x.shape[-2]), int(self.x.shape[-1]))
+        padded = shape is not None and any(size != shape for size in sizes)
+        self._regions = Regions(sizes, shape, self.device) if padded and shape else None
 
     def _new_optimizer(self, x: torch.Tensor) -> BatchedLBFGS | BatchedAdam:
         if self.loop.optimizer == "lbfgs":
@@ -166,6 +174,7 @@ class StyleBatch:
             self.grams = {k: v[index] for k, v in self.grams.items()}
             self.weights = self.weights[index]
             self.optimizer.keep(index)
+        self._update_regions()
         if self.device.type == "cuda":
             # Give the dropped rows' memory back to the device, not only to torch's cache.
             torch.cuda.empty_cache()
@@ -185,10 +194,13 @@ class StyleBatch:
         assert self.content_targets is not None and self.weights is not None
         x.grad = None
         total, content_loss, style_loss, tv_loss = batch_losses(
-            self.vgg, x, self.content_targets, self.grams, self.weights, self.loop)
+            self.vgg, x, self.content_targets, self.grams, self.weights, self.loop,
+            self._regions)
         # Tensor.backward is unannotated in torch's stubs; this is the function it calls.
         torch.autograd.backward(total.sum())
         assert x.grad is not None
+        if self._regions is not None:
+            x.grad.mul_(self._regions.pixels())  # padding stays zero
         if isinstance(optimizer, BatchedLBFGS):
             optimizer.step(x, x.grad)  # unconstrained: the result is clamped when decoded
         else:
@@ -235,7 +247,8 @@ class StyleBatch:
         with torch.no_grad():
             total, content_loss, style_loss, tv_loss = batch_losses(
                 self.vgg, x, self.content_targets[index],
-                {k: v[index] for k, v in self.grams.items()}, self.weights[index], self.loop)
+                {k: v[index] for k, v in self.grams.items()}, self.weights[index], self.loop,
+                self._regions.subset(rows) if self._regions is not None else None)
         finals = torch.stack([content_loss, style_loss, tv_loss, total], 1).tolist()
         outcomes: list[Outcome] = []
         now = time.perf_counter()

@@ -61,21 +61,6 @@ def compute_shape(natural: tuple[int, int], bucket_px: int) -> tuple[int, int]:
     return (h, up(w)) if h >= w else (up(h), w)
 
 
-def pad_to(image: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-    """uint8 [h, w, 3] centred in `shape` by mirroring its edges; returns it with the
-    (top, left) offset of the original inside it."""
-    h, w = image.shape[:2]
-    dh, dw = shape[0] - h, shape[1] - w
-    if dh == 0 and dw == 0:
-        return image, 0, 0
-    top, left = dh // 2, dw // 2
-    pads = (left, dw - left, top, dh - top)
-    x = image.permute(2, 0, 1).unsqueeze(0).float()
-    mode = "reflect" if max(pads[0], pads[1]) < w and max(pads[2], pads[3]) < h else "replicate"
-    y = F.pad(x, pads, mode=mode)
-    return y.round().to(torch.uint8)[0].permute(1, 2, 0).contiguous(), top, left
-
-
 def batch_key(options: StyleOptions, content_shape: Sequence[int]) -> tuple[object, ...]:
     """Jobs with equal keys can share forward and backward passes (at any step: each keeps
     its own step count)."""

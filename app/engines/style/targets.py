@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 from app.engines.style.cache import GramCache
 from app.engines.style.options import StyleOptions
@@ -38,9 +39,11 @@ class StyleTargets:
         self, vgg: VGG19Features, space: InputSpace, content: torch.Tensor,
         styles: Sequence[torch.Tensor], blend: Sequence[float], options: StyleOptions,
         device: torch.device, cache: GramCache | None = None,
+        shape: tuple[int, int] | None = None,
     ) -> None:
+        """`shape`: the compute shape, when the content is padded up to a shape bucket."""
         with torch.no_grad():
-            x = space.preprocess(content, device)
+            x = pad_zeros(space.preprocess(content, device), shape)
             self.content = features(vgg, x, [options.content_layer], options)[
                 options.content_layer].float()
             total = float(sum(blend))
@@ -74,16 +77,94 @@ class StyleTargets:
         return grams
 
 
+def pad_zeros(x: torch.Tensor, shape: tuple[int, int] | None) -> torch.Tensor:
+    """x [B, 3, h, w] in network space extended to `shape` at the bottom and right with
+    zeros: what the network's own zero padding shows the first layer of the unpadded image,
+    so the image's edge looks the same to the losses, padded or not."""
+    if shape is None or tuple(x.shape[-2:]) == shape:
+        return x
+    return F.pad(x, (0, shape[1] - x.shape[-1], 0, shape[0] - x.shape[-2]))
+
+
+class Regions:
+    """Where each row's own image lies in a batch padded to a shape bucket: at the top left,
+    `sizes[row]` = (h, w) of the compute shape. The losses look only there, so padding
+    changes the objective only through the receptive fields that reach over the edge
+    (measured: scoring the whole padded image let the optimiser park style statistics in
+    the padding, and the cropped result scored 2x worse on the textbook objective)."""
+
+    def __init__(self, sizes: Sequence[tuple[int, int]], shape: tuple[int, int],
+                 device: torch.device) -> None:
+        self.sizes, self.shape, self.device = list(sizes), shape, device
+        self._masks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def pixels(self) -> torch.Tensor:
+        """[B, 1, H, W]: 1 on each row's own pixels (the padding stays zero: its gradient
+        is masked, so no optimiser ever moves it)."""
+        return self.mask(*self.shape)[0]
+
+    def subset(self, rows: Sequence[int]) -> Regions:
+        return Regions([self.sizes[r] for r in rows], self.shape, self.device)
+
+    def mask(self, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, 1, h, w] 1 inside each row's region of a feature map of this size, [B] the
+        region's area): the cells wholly inside, as the max-pools of the image alone keep."""
+        if (h, w) not in self._masks:
+            full_h, full_w = self.shape
+            rows = torch.tensor([max(1, rh * h // full_h) for rh, _ in self.sizes],
+                                device=self.device)
+            cols = torch.tensor([max(1, rw * w // full_w) for _, rw in self.sizes],
+                                device=self.device)
+            inside = ((torch.arange(h, device=self.device)[None, :, None] < rows[:, None, None])
+                      & (torch.arange(w, device=self.device)[None, None, :]
+                         < cols[:, None, None]))
+            self._masks[(h, w)] = (inside[:, None].float(), (rows * cols).float())
+        return self._masks[(h, w)]
+
+
+def _masked_losses(
+    feats: dict[str, torch.Tensor], x: torch.Tensor, content_target: torch.Tensor,
+    grams: dict[str, torch.Tensor], options: StyleOptions, regions: Regions,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The losses of `batch_losses`, each over its row's region only."""
+    f = feats[options.content_layer].float()
+    mask, area = regions.mask(*f.shape[-2:])
+    content = ((f - content_target).pow(2) * mask).sum(dim=(1, 2, 3)) / (f.shape[1] * area)
+    style = torch.zeros(x.shape[0], device=x.device)
+    for layer in options.style_layers:
+        f = feats[layer]
+        mask, area = regions.mask(*f.shape[-2:])
+        b, c = f.shape[:2]
+        with torch.autocast(f.device.type, enabled=False):
+            flat = (f.float() * mask).reshape(b, c, -1)
+            g = torch.bmm(flat, flat.transpose(1, 2)) / (c * area)[:, None, None]
+        style = style + (g - grams[layer]).pow(2).mean(dim=(1, 2))
+    mask, _ = regions.mask(*x.shape[-2:])
+    xf = x.float()
+    down = mask[..., 1:, :] * mask[..., :-1, :]
+    right = mask[..., :, 1:] * mask[..., :, :-1]
+    tv = ((xf[..., 1:, :] - xf[..., :-1, :]).pow(2) * down).sum(dim=(1, 2, 3)) / (
+        3 * down.sum(dim=(1, 2, 3))) + ((xf[..., :, 1:] - xf[..., :, :-1]).pow(2) * right).sum(
+        dim=(1, 2, 3)) / (3 * right.sum(dim=(1, 2, 3)))
+    return content, style, tv
+
+
 def batch_losses(
     vgg: VGG19Features, x: torch.Tensor, content_target: torch.Tensor,
     grams: dict[str, torch.Tensor], weights: torch.Tensor, options: StyleOptions,
+    regions: Regions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-image (total, content, style, tv) for a batch x [B, 3, H, W], all fp32 [B].
 
-    `weights` [B, 3] holds each image's content, style and TV weights.
+    `weights` [B, 3] holds each image's content, style and TV weights; `regions`, when
+    images were padded to a shape bucket, where each one lies.
     """
     layers = [options.content_layer, *options.style_layers]
     feats = features(vgg, x, layers, options)
+    if regions is not None:
+        content, style, tv = _masked_losses(feats, x, content_target, grams, options, regions)
+        total = weights[:, 0] * content + weights[:, 1] * style + weights[:, 2] * tv
+        return total, content, style, tv
     content = (feats[options.content_layer].float() - content_target).pow(2).mean(dim=(1, 2, 3))
     style = torch.zeros(x.shape[0], device=x.device)
     for layer in options.style_layers:
@@ -107,9 +188,17 @@ def losses(
 
 
 def initial_image(
+    content: torch.Tensor, options: StyleOptions, space: InputSpace, device: torch.device,
+    shape: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The image the optimisation starts from: the content, the content plus noise, or noise;
+    zero-padded to the compute `shape` when given."""
+    return pad_zeros(_initial_image(content, options, space, device), shape)
+
+
+def _initial_image(
     content: torch.Tensor, options: StyleOptions, space: InputSpace, device: torch.device
 ) -> torch.Tensor:
-    """The image the optimisation starts from: the content, the content plus noise, or noise."""
     generator = torch.Generator(device="cpu").manual_seed(options.seed)
     base = space.preprocess(content, device)
     if options.init == "content":
