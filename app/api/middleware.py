@@ -72,6 +72,8 @@ class AccessLog:
                     "status": status, "duration_ms": round(elapsed * 1000, 2),
                     **state.get("log_fields", {}),
                 }
+                if state.get("principal"):  # the API key's id, never the key
+                    fields["principal"] = state["principal"]
                 log.info("request", extra={"fields": fields})
 
 

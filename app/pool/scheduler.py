@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 
 from app.pool.errors import DeadlineExceeded, PoolClosed, QueueFull
@@ -77,11 +78,15 @@ class Scheduler:
                 self._has_work.notify()
             elif self._filling and self._pending_images >= self.max_batch_images:
                 self._more_work.notify()
-        item.future.add_done_callback(lambda _future: self._forget_if_cancelled(item))
+        # A weak reference: the future keeps its callbacks after it is done, and a strong
+        # one would make item -> future -> callback -> item a cycle that keeps the item's
+        # tensors alive until the cyclic garbage collector runs.
+        ref = weakref.ref(item)
+        item.future.add_done_callback(lambda _future: self._forget_if_cancelled(ref()))
 
-    def _forget_if_cancelled(self, item: WorkItem) -> None:
+    def _forget_if_cancelled(self, item: WorkItem | None) -> None:
         """A caller that gave up frees its queue slot at once, not when a worker gets to it."""
-        if not item.future.cancelled():
+        if item is None or not item.future.cancelled():
             return
         with self._lock:
             try:
