@@ -255,3 +255,31 @@ def test_shutdown_grace_bounds_the_wait_and_fails_what_is_left(make_pool: PoolFa
         queued.result(1)
     executor.gate.set()
     running.result(5)
+
+
+def test_finished_and_cancelled_work_is_freed_without_the_cyclic_collector(
+        make_pool: PoolFactory) -> None:
+    """A work item holds an upload's tensors: once done or cancelled, dropping the last
+    reference must free it at once (a reference cycle kept them until the cyclic GC ran)."""
+    import gc
+    import weakref
+
+    executor = FakeExecutor()
+    executor.gate.clear()
+    pool = make_pool(executor, batch_wait_ms=0)
+    blocker = pool.submit(Job(key=None))
+    executor.started.wait(5)
+    queued, done = Job(key=None), Job(key=None, payload=1)
+    refs = [weakref.ref(queued), weakref.ref(done)]
+    gc.disable()
+    try:
+        pool.submit(queued).cancel()
+        finished = pool.submit(done)
+        executor.gate.set()
+        assert finished.result(5) == 1 and blocker.result(5) is None
+        executor.batches.clear()
+        executor.computed.clear()
+        del queued, done, finished
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()

@@ -66,6 +66,7 @@ class Worker:
     ) -> None:
         self.name = name
         self.continuous = continuous
+        self._kind = "work"  # metric label of a continuous lane: its work's type
         self.device = device
         self.executor = executor
         self.scheduler = scheduler
@@ -97,41 +98,48 @@ class Worker:
         while (batch := self.scheduler.next_batch()) is not None:
             if batch:
                 self._run(batch)
+            del batch  # an idle worker must not pin the last batch's tensors
 
     def _run_continuously(self) -> None:
         """Between two steps of the running set, take whatever fits of the queue: work
         joins at the next step boundary, never waiting for a batch window."""
         executor = cast(ContinuousExecutor, self.executor)  # checked by the pool
-        capacity = self.scheduler.max_batch_images
-        kind = "work"
         try:
-            while True:
-                active = executor.active()
-                new = self.scheduler.take(max(0, capacity - active), block=active == 0)
-                if new is None:  # stopped: whatever still runs is abandoned
-                    for item in executor.abandon():
-                        self._settle(item, PoolClosed())
-                    return
-                started = time.monotonic()
-                for item in new:
-                    self.metrics.queue_wait.observe(started - item.enqueued_at)
-                    item.stats.queue_wait_s = started - item.enqueued_at
-                    item.stats.device = self.device
-                if new:
-                    kind = type(new[0]).__name__
-                left = executor.advance(new)
-                if rows := executor.active() + len(left):  # rows that took this step
-                    self.metrics.batch_images.labels(kind).observe(rows)
-                for item, result in left:
-                    item.stats.compute_s = time.monotonic() - item.enqueued_at - (
-                        item.stats.queue_wait_s or 0)
-                    item.stats.batch_images = rows
-                    self._settle(item, result)
+            while self._round(executor):
+                pass
         except BaseException:
             log.exception("worker %s died", self.name)
             for item in executor.abandon():
                 self._settle(item, WorkerCrashed(self.name))
             raise
+
+    def _round(self, executor: ContinuousExecutor) -> bool:
+        """One round: admit what fits, one step of everything, settle what left. False once
+        the pool stops. (A method of its own: an idle worker waiting in `take` holds no
+        reference to the work of its last round.)"""
+        active = executor.active()
+        capacity = self.scheduler.max_batch_images
+        new = self.scheduler.take(max(0, capacity - active), block=active == 0)
+        if new is None:  # stopped: whatever still runs is abandoned
+            for item in executor.abandon():
+                self._settle(item, PoolClosed())
+            return False
+        started = time.monotonic()
+        for item in new:
+            self.metrics.queue_wait.observe(started - item.enqueued_at)
+            item.stats.queue_wait_s = started - item.enqueued_at
+            item.stats.device = self.device
+        if new:
+            self._kind = type(new[0]).__name__
+        left = executor.advance(new)
+        if rows := executor.active() + len(left):  # rows that took this step
+            self.metrics.batch_images.labels(self._kind).observe(rows)
+        for item, result in left:
+            item.stats.compute_s = time.monotonic() - item.enqueued_at - (
+                item.stats.queue_wait_s or 0)
+            item.stats.batch_images = rows
+            self._settle(item, result)
+        return True
 
     def _settle(self, item: WorkItem, result: Any) -> None:
         if isinstance(result, BaseException):
