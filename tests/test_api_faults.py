@@ -145,6 +145,6 @@ def test_raw_socket_hangup_mid_request_does_not_disturb_the_server(
 ) -> None:
     server, _executor = scripted
     with socket.create_connection(("127.0.0.1", server.port)) as raw:
-        raw.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-                    b"content-length: 100\r\n\r\n{")
+        raw.sendall(b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{")
     assert httpx.post(f"{server.url}/generate", json={}, timeout=30).status_code == 200
