@@ -100,7 +100,7 @@ def test_nothing_acceptable_is_a_406_listing_what_is_offered(accept: str) -> Non
     problem = refused.value
     assert problem.status == 406
     assert problem.type == "urn:atelier:problem:not-acceptable"
-    assert problem.title == "Not Acceptable"
+    assert problem.title == "Not acceptable"
     assert "image/png, image/jpeg, image/webp, application/json" in problem.detail
     assert repr(accept) in problem.detail
 

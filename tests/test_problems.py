@@ -118,8 +118,8 @@ def test_several_validation_errors_are_all_listed() -> None:
 
 @pytest.mark.parametrize(
     ("status", "slug", "title"),
-    [(404, "not-found", "Not Found"), (405, "method-not-allowed", "Method Not Allowed"),
-     (406, "not-acceptable", "Not Acceptable"), (409, "conflict", "Conflict")],
+    [(404, "not-found", "Not found"), (405, "method-not-allowed", "Method not allowed"),
+     (406, "not-acceptable", "Not acceptable"), (409, "conflict", "Conflict")],
 )
 def test_http_problems_take_their_type_and_title_from_the_status(
     status: int, slug: str, title: str

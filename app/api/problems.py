@@ -35,7 +35,8 @@ class HttpProblem(AtelierError):
                  headers: dict[str, str] | None = None) -> None:
         phrase = _PHRASES.get(status) or HTTPStatus(status).phrase
         super().__init__(detail or phrase)
-        self.status, self.title = status, phrase
+        # Sentence case, as the titles of the project's own problem types.
+        self.status, self.title = status, phrase[0] + phrase[1:].lower()
         self.slug = phrase.lower().replace(" ", "-")
         self._headers = headers or {}
 
