@@ -34,9 +34,10 @@ class HttpProblem(AtelierError):
     def __init__(self, status: int, detail: str | None = None, *,
                  headers: dict[str, str] | None = None) -> None:
         phrase = _PHRASES.get(status) or HTTPStatus(status).phrase
-        super().__init__(detail or phrase)
         # Sentence case, as the titles of the project's own problem types.
-        self.status, self.title = status, phrase[0] + phrase[1:].lower()
+        title = phrase[0] + phrase[1:].lower()
+        super().__init__(detail or title)
+        self.status, self.title = status, title
         self.slug = phrase.lower().replace(" ", "-")
         self._headers = headers or {}
 
