@@ -28,6 +28,8 @@ fi
   PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/.whl-models" python3 -m app.cli models pull
   echo "== GPU tests"
   python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_optim.py tests/test_style_engine.py
+  echo "== shape buckets: quality cost against unbucketed runs (textbook referee)"
+  timeout 600 python3 bench/buckets.py --size "$SIZE" --bucket 64 --steps "$STEPS"
   echo "== stylize ${SIZE}px, ${STEPS} steps, side by side with the textbook loop"
   python3 bench/stylize.py --size "$SIZE" --steps "$STEPS" --baseline --batch 8 \
     --precisions bf16 --warmup 5
