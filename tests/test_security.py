@@ -4,6 +4,7 @@ limit (over real sockets) and API keys. See app/api/security.py."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import select
 import socket
@@ -419,3 +420,23 @@ async def test_an_unpulled_model_does_not_reveal_server_paths(tmp_path: Path) ->
     for response in (listing, generate, ready):
         assert "atelier models pull" in response.text
         assert str(tmp_path) not in response.text and "secret-weights-dir" not in response.text
+
+
+def test_a_request_the_parser_cannot_read_is_a_problem_too(tmp_path: Path) -> None:
+    """uvicorn answers unparseable requests itself, in text/plain: here, problem+json."""
+    import socket as sockets
+
+    from app.main import create_app
+    from tests.conftest import LiveServer, make_settings
+
+    with LiveServer(create_app(make_settings(jobs_dir=tmp_path / "jobs"))) as server, \
+            sockets.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/problem+json" in head.lower()
+    problem = json.loads(body)
+    assert problem["status"] == 400 and problem["type"].endswith("bad-request")

@@ -36,7 +36,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.problems import PROBLEM_JSON, problem_bytes, problem_headers
+from app.api.problems import PROBLEM_JSON, HttpProblem, problem_bytes, problem_headers
 from app.errors import AtelierError
 from app.settings import Settings
 
@@ -510,6 +510,18 @@ class _HeadLimit(asyncio.Protocol):
             self.transport.close()
             return
         super().eof_received()
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser cannot read: problem+json like every other error
+        (uvicorn answers these itself, in text/plain)."""
+        request_id = uuid.uuid4().hex
+        body = problem_bytes(HttpProblem(400, f"the HTTP request could not be parsed: {msg}"),
+                             "", request_id)
+        self.transport.write(
+            (f"HTTP/1.1 400 Bad Request\r\ncontent-type: {PROBLEM_JSON}\r\n"
+             f"content-length: {len(body)}\r\nx-request-id: {request_id}\r\n"
+             "connection: close\r\n\r\n").encode() + body)
+        self.transport.close()
 
     def _drain(self, size: int) -> None:
         self._drained += size
