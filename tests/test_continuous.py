@@ -120,3 +120,33 @@ def _observed(histogram: object) -> list[tuple[float, float]]:
     """(upper bound, count) of each non-empty bucket of a prometheus histogram child."""
     buckets = histogram._upper_bounds, histogram._buckets  # type: ignore[attr-defined]
     return [(bound, b.get()) for bound, b in zip(*buckets, strict=True) if b.get()]
+
+
+def test_out_of_memory_in_one_bucket_fails_only_its_jobs(
+        pool: WorkerPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that runs out of device memory ends the jobs of that batch (503, retry) and
+    no other: the other bucket's job and the worker go on."""
+    from app.pool import OutOfMemory
+
+    recorder = Recorder()
+    photo = image("content.jpg")
+    doomed = recorder.work("doomed", photo[: photo.shape[0] // 2], replace(OPTIONS, steps=8))
+    fine = recorder.work("fine", photo.transpose(0, 1).contiguous(),
+                         replace(OPTIONS, steps=8))
+    doomed_shape = style.batch_key(doomed.options, doomed.content.shape)[0]
+    real_step = style.StyleBatch.step
+
+    def step(self: style.StyleBatch) -> list[tuple[style.StyleJob, object]]:
+        if self.key[0] == doomed_shape and self.rows[0].step == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_step(self)
+
+    monkeypatch.setattr(style.StyleBatch, "step", step)
+    futures = {name: pool.submit(work) for name, work in (("doomed", doomed), ("fine", fine))}
+    with pytest.raises(OutOfMemory):
+        futures["doomed"].result(timeout=60)
+    result = futures["fine"].result(timeout=60)
+    assert isinstance(result, style.StyleResult) and result.steps == 8
+    again = pool.submit(recorder.work("again", photo, replace(OPTIONS, steps=2)))
+    assert isinstance(again.result(timeout=60), style.StyleResult)
+    assert pool.healthy
