@@ -125,6 +125,7 @@ def test_restart_with_jobs_in_every_state_loses_none(tmp_path: Path,
         time.sleep(0.3)  # the follower is connected
         status, seconds, log = first.stop()
         events = follower.result(timeout=30)
+    print(f"SIGTERM with a running job: exit {status} after {seconds:.2f} s (grace {GRACE_S} s)")
     assert status == 0, log
     assert seconds < GRACE_S + 8, log
     assert events[-1].event == "interrupted", [e.event for e in events]
