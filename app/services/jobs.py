@@ -292,6 +292,10 @@ class JobStore:
     def active(self) -> int:
         return sum(not j.status.terminal for j in self._jobs.values())
 
+    def jobs(self) -> list[Job]:
+        """Every job held, finished ones included, oldest first."""
+        return sorted(self._jobs.values(), key=lambda j: j.created_at)
+
     def unfinished(self) -> list[Job]:
         """Jobs that are queued or running, oldest first (after a restart: interrupted)."""
         return sorted((j for j in self._jobs.values() if not j.status.terminal),

@@ -23,10 +23,10 @@ class StyleParams(BaseModel):
 
     steps: int | None = Field(
         None, ge=1, description="Optimisation steps (default `ATELIER_DEFAULT_STEPS`, at most"
-        " `ATELIER_MAX_STEPS`).", examples=[300])
+        " `ATELIER_MAX_STEPS`).", examples=[50])
     size: int | None = Field(
         None, ge=16, description="Long side of the output in pixels (default"
-        " `ATELIER_DEFAULT_SIZE`, at most `ATELIER_MAX_SIZE`).", examples=[512])
+        " `ATELIER_DEFAULT_SIZE`, at most `ATELIER_MAX_SIZE`).", examples=[128])
     content_weight: FiniteWeight | None = Field(
         None, description="Weight of the content loss (model default when omitted).",
         examples=[1.0])
@@ -53,7 +53,7 @@ class StyleParams(BaseModel):
         " deterministic on CPU).", examples=[0])
     format: OutputFormat = Field("png", description="Output format.")
     preview_every: int = Field(
-        0, ge=0, description="Steps between `preview` SSE events (0: none).", examples=[25])
+        0, ge=0, description="Steps between `preview` SSE events (0: none).", examples=[0])
 
     @field_validator("style_blend", mode="before")
     @classmethod
@@ -74,7 +74,9 @@ class StyleParams(BaseModel):
     @field_validator("style_blend")
     @classmethod
     def _positive_sum(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and sum(value) <= 0:
+        if not value:  # an empty field (a cleared form input): not given
+            return None
+        if sum(value) <= 0:
             raise ValueError("the weights must have a positive sum")
         return value or None
 
@@ -128,7 +130,7 @@ class GenerateRequest(_Body):
         None, gt=0, le=10,
         description="Truncation trick: latent entries beyond this magnitude are resampled."
         " Lower values give more typical, less varied images.",
-        examples=[0.7],
+        examples=[2.0],
     )
     format: StillFormat | None = Field(
         None, description="Image format; when omitted it is taken from `Accept`, else PNG.",
@@ -147,7 +149,7 @@ class InterpolateRequest(_Body):
                        examples=[16])
     truncation: float | None = Field(None, gt=0, le=10,
                                      description="Truncation of both end latents.",
-                                     examples=[0.7])
+                                     examples=[2.0])
     format: InterpolationFormat = Field(
         InterpolationFormat.webp,
         description="`webp` or `gif`: an animation; `png` or `jpeg`: a grid of the frames.",

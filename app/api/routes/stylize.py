@@ -53,7 +53,10 @@ class StylizeForm(StyleParams):
 
     content: UploadFile = Field(
         description="The image to repaint (PNG, JPEG, WebP, BMP, TIFF or GIF).")
-    style: list[UploadFile] = Field(description="One or more style images.")
+    # `format: binary` items: Swagger UI shows file pickers only for those.
+    style: list[UploadFile] = Field(
+        description="One or more style images.",
+        json_schema_extra={"items": {"type": "string", "format": "binary"}})
 
 
 @router.post(
