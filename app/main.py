@@ -15,7 +15,7 @@ from app.api import problems, security
 from app.api.disconnect import ClientDisconnected
 from app.api.limits import BodySizeLimit
 from app.api.middleware import AccessLog
-from app.api.routes import generate, studio, stylize, system
+from app.api.routes import admin, generate, studio, stylize, system
 from app.catalog import Catalog, ModelStatus
 from app.engines.style import StyleOptions
 from app.logs import configure
@@ -128,6 +128,7 @@ def create_app(
     app.include_router(generate.router)
     app.include_router(stylize.router)
     app.include_router(system.router)
+    app.include_router(admin.router)
     app.include_router(studio.router)
     app.mount("/studio", studio.assets, name="studio")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, paths=("/stylize",))

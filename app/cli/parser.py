@@ -16,6 +16,7 @@ from pydantic.fields import FieldInfo
 from app.cli.errors import from_validation
 from app.engines.imaging import ImageFormat
 from app.services.params import GenerateRequest, StyleParams
+from app.training.cli import add_parser as add_train_parser
 
 EPILOG = """examples:
   atelier models pull                      fetch and verify every model in the catalog
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sty.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     for name in STYLE_OPTIONS:
         _add_field_option(sty, name, StyleParams.model_fields[name])
+    add_train_parser(sub)
     return parser
 
 

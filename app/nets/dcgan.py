@@ -7,15 +7,20 @@ from torch import nn
 
 
 class DCGANGenerator(nn.Module):
-    """Latent [N, nz] (or [N, nz, 1, 1]) to images [N, nc, 64, 64] in [-1, 1].
+    """Latent [N, nz] (or [N, nz, 1, 1]) to images [N, nc, size, size] in [-1, 1].
 
     Module names follow the tutorial (`main.0`, `main.1`, ...) so its checkpoints load as is.
+    `size` 64 is the tutorial's network; each doubling adds one block in front, with twice
+    the feature maps (128: ngf * 16 at 4x4).
     """
 
-    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3) -> None:
+    def __init__(self, nz: int = 100, ngf: int = 64, nc: int = 3, size: int = 64) -> None:
         super().__init__()
+        if size < 16 or size & (size - 1):
+            raise ValueError(f"a DCGAN's size must be a power of two >= 16, not {size}")
         self.nz = nz
-        widths = [ngf * 8, ngf * 4, ngf * 2, ngf]
+        blocks = size.bit_length() - 3  # 4x4 after the first block, x2 per block and at the end
+        widths = [ngf * 2 ** (blocks - 1 - i) for i in range(blocks)]
         layers: list[nn.Module] = []
         in_channels = nz
         for i, width in enumerate(widths):

@@ -20,6 +20,7 @@ def build_gan(architecture: dict[str, Any]) -> nn.Module:
             nz=int(architecture.get("nz", 100)),
             ngf=int(architecture.get("ngf", 64)),
             nc=int(architecture.get("nc", 3)),
+            size=int(architecture.get("size", 64)),
         )
     raise ValueError(f"unknown GAN architecture {kind!r}")
 
