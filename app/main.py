@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi_offline import FastAPIOffline
@@ -56,6 +57,26 @@ def _style_warmup(settings: Settings, catalog: Catalog) -> StyleOptions | None:
             ModelStatus.AVAILABLE):
         return None
     return engine_options(StyleParams(), 1, entry.manifest, settings)
+
+
+def _with_model_examples(
+    openapi: Callable[[], dict[str, Any]], settings: Settings
+) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document with the default GAN's own recommended truncation as the
+    example (its manifest's `[defaults] truncation`): a fixed example would suit one model."""
+    def with_examples() -> dict[str, Any]:
+        schema = openapi()
+        manifest = Catalog(settings.catalog_dir, settings.model_dir).manifests.get(
+            settings.default_model)
+        truncation = manifest.defaults.get("truncation") if manifest is not None else None
+        if truncation is not None:
+            for name in ("GenerateRequest", "InterpolateRequest"):
+                properties = schema["components"]["schemas"].get(name, {}).get("properties", {})
+                if "truncation" in properties:
+                    properties["truncation"]["examples"] = [truncation]
+        return schema
+
+    return with_examples
 
 
 def create_app(
@@ -119,7 +140,8 @@ def create_app(
     )
     app.state.settings = settings
     problems.install(app)
-    app.openapi = problems.problem_openapi(app)  # type: ignore[method-assign]
+    app.openapi = _with_model_examples(  # type: ignore[method-assign]
+        problems.problem_openapi(app), settings)
 
     async def on_disconnect(_request: Request, _exc: Exception) -> Response:
         return Response(status_code=499)  # nginx's "client closed request"; nobody reads it

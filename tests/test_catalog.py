@@ -193,3 +193,18 @@ def test_a_torchvision_layout_vgg_serves_stylize_with_its_own_input_space(
         job = client.get(f"/jobs/{response.headers['x-job-id']}").json()
     assert response.status_code == 200, response.text
     assert job["options"]["style_weight"] == 1e6  # this manifest's own default
+
+
+def test_the_docs_suggest_the_default_models_own_truncation(tmp_path: Path) -> None:
+    from app.main import create_app
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    manifest = (CATALOG_DIR / "dcgan-faces-64.toml").read_text()
+    assert "truncation = 2.0" in manifest  # measured: the faces are clean from about 1.5
+    (catalog / "dcgan-faces-64.toml").write_text(manifest.replace("truncation = 2.0",
+                                                                  "truncation = 1.7"))
+    schema = create_app(make_settings(catalog_dir=catalog)).openapi()
+    for name in ("GenerateRequest", "InterpolateRequest"):
+        truncation = schema["components"]["schemas"][name]["properties"]["truncation"]
+        assert truncation["examples"] == [1.7]
