@@ -64,11 +64,18 @@ export async function put(entry) {
 
 /** Merge `fields` into the stored entry (no-op when it was deleted meanwhile). */
 export async function update(id, fields) {
-  const entry = await get(id);
-  if (!entry) return null;
-  Object.assign(entry, fields);
-  await run("readwrite", (store) => store.put(entry));
-  changed(id);
+  // Read and write in one transaction: two updates in flight must not undo each other.
+  let entry = null;
+  await run("readwrite", (store) => {
+    const request = store.get(id);
+    request.onsuccess = () => {
+      if (!request.result) return;
+      entry = Object.assign(request.result, fields);
+      store.put(entry);
+    };
+    return null;
+  });
+  if (entry) changed(id);
   return entry;
 }
 

@@ -581,6 +581,7 @@ function attach(doc, entryId, beforeUrl, beforeSize, { resumed = false } = {}) {
   $("st-caption").hidden = !beforeUrl;
   $("st-summary").hidden = true;
   $("st-losses").hidden = true;
+  if (!LIVE.has(doc.status)) return; // it ended while the page was away: finished() shows it
   showProgress(doc);
   if (resumed) announce("Found your running style job again.");
   follow(doc.id);
@@ -649,7 +650,8 @@ function progressLine(doc) {
 }
 
 function showProgress(doc) {
-  if (!S.job || S.job.final) return;
+  // Final states are finished()'s: a job that ended while the page was away arrives here too.
+  if (!S.job || S.job.final || !LIVE.has(doc.status)) return;
   // A stream opened on a running job replays its earlier events first: never step back.
   if (doc.status === S.job.status && doc.step != null && doc.step < (S.job.step || 0)) return;
   if (doc.status === "queued" && S.job.status === "running") return;

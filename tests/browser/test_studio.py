@@ -7,6 +7,7 @@ import io
 import itertools
 import random
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +294,30 @@ def test_a_reload_mid_job_finds_the_job_again_and_can_cancel_it(
     assert job_status(studio_server, job_id) == "canceled"
     page.get_by_role("tab", name="History").click()
     expect(page.locator("#history-list li").first).to_have_attribute("data-status", "canceled")
+
+
+def test_a_job_that_ended_while_the_page_was_closed_shows_its_result_on_return(
+        page: Any, studio_server: LiveServer) -> None:
+    open_studio(page)
+    choose_examples(page, content="A cup of coffee", styles=("The Starry Night",))
+    set_size(page, 32, 60)
+    with page.expect_response(lambda r: stylize_request(r.request)) as answer:
+        page.get_by_role("button", name="Start").click()
+    job_id = answer.value.headers["x-job-id"]
+    wait_running(page)
+    page.goto("about:blank")  # the tab is left while the job runs on
+    deadline = time.monotonic() + JOB_TIMEOUT / 1000
+    while job_status(studio_server, job_id) != "succeeded":
+        assert time.monotonic() < deadline, "the job did not finish"
+        time.sleep(0.1)
+    open_studio(page)
+    expect(page.locator("#st-chip")).to_have_text("succeeded")
+    expect(page.locator("#st-after")).to_be_visible()
+    page.get_by_role("tab", name="History").click()
+    entry = page.locator("#history-list li").first
+    expect(entry).to_have_attribute("data-status", "succeeded")
+    expect(entry.get_by_role("button", name="Re-run")).to_be_visible()
+    expect(entry.get_by_role("button", name="Download")).to_be_visible()
 
 
 def test_a_queued_job_shows_its_place_in_line(page: Any, studio_server: LiveServer) -> None:
