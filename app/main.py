@@ -17,17 +17,17 @@ from app.api.disconnect import ClientDisconnected
 from app.api.limits import BodySizeLimit
 from app.api.middleware import AccessLog
 from app.api.routes import admin, generate, studio, stylize, system
-from app.catalog import Catalog, ModelStatus
-from app.engines.style import StyleOptions
+from app.catalog import Catalog
 from app.logs import configure
 from app.pool import Executor, PoolMetrics
+from app.pool.interface import Pool
 from app.runtime import build_pool
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
 from app.services.jobdb import SqliteJobs
 from app.services.jobs import JobStore
-from app.services.params import StyleParams
-from app.services.stylize import StylizeService, engine_options
+from app.services.stylize import StylizeService
+from app.services.warmup import style_warmup
 from app.settings import Settings
 
 log = logging.getLogger("atelier")
@@ -48,15 +48,6 @@ async def _purge_expired_jobs(store: JobStore, ttl_s: float) -> None:
     while True:
         await asyncio.sleep(min(30.0, max(0.05, ttl_s / 4)))
         store.purge_expired()
-
-
-def _style_warmup(settings: Settings, catalog: Catalog) -> StyleOptions | None:
-    """The default style job whose shapes are warmed up at start-up, if that is on."""
-    entry = catalog.entry(settings.style_model)
-    if not settings.style_warmup_on() or entry is None or entry.status is not (
-            ModelStatus.AVAILABLE):
-        return None
-    return engine_options(StyleParams(), 1, entry.manifest, settings)
 
 
 def _with_model_examples(
@@ -83,8 +74,10 @@ def create_app(
     settings: Settings | None = None,
     *,
     executor_factory: Callable[[str], Executor] | None = None,
+    pool_factory: Callable[[Settings, Catalog, PoolMetrics], Pool] | None = None,
 ) -> FastAPI:
-    """Build the app. `executor_factory` replaces the device runtime (tests, other engines)."""
+    """Build the app. `executor_factory` replaces the device runtime (tests, other engines);
+    `pool_factory` replaces the local pool itself (the Ray Serve backend's RemotePool)."""
     settings = settings or Settings()
     configure(settings.log_format, settings.log_level)
     metrics = PoolMetrics()
@@ -95,8 +88,12 @@ def create_app(
         for entry in catalog.entries():
             if entry.message:
                 log.warning(entry.message)
-        pool = build_pool(settings, catalog, executor_factory=executor_factory,
-                          metrics=metrics, style_warmup=_style_warmup(settings, catalog))
+        pool: Pool
+        if pool_factory is not None:
+            pool = pool_factory(settings, catalog, metrics)
+        else:
+            pool = build_pool(settings, catalog, executor_factory=executor_factory,
+                              metrics=metrics, style_warmup=style_warmup(settings, catalog))
         await asyncio.to_thread(pool.start)
         encoder = Encoder(settings.encode_threads)
         decoder = Encoder(settings.decode_threads)

@@ -154,6 +154,53 @@ class Settings(BaseSettings):
         4, ge=1, description="Style jobs one API key may have queued or running at once"
         " (429 + Retry-After beyond); only with API keys on.",
     )
+    # Ray Serve (`atelier serve --backend ray`; deploy/serve.yaml for `serve deploy`).
+    backend: Literal["local", "ray"] = Field(
+        "local", description="`local`: one process drives this machine's devices. `ray`:"
+        " Ray Serve deployments (an ingress running this app, one engine deployment per"
+        " kind of work) on a Ray cluster.",
+    )
+    ray_address: str = Field(
+        "", description="Ray cluster to join (`auto`: the one `ray start` runs here, or"
+        " `ray://host:10001`); empty: start a local Ray instance.",
+    )
+    ray_proxy_location: Literal["EveryNode", "HeadOnly"] = Field(
+        "EveryNode", description="Where Serve runs its HTTP proxies (on ATELIER_HOST and"
+        " ATELIER_PORT): on every node, or on the head node only.",
+    )
+    ray_ingress_replicas: int = Field(
+        1, ge=1, description="Replicas of the ingress (HTTP app) deployment. Above 1 needs"
+        " ATELIER_JOB_STORE_URL: jobs are shared through Redis.",
+    )
+    ray_engine_replicas: int = Field(
+        1, ge=1, description="Replicas of each engine deployment (generate, stylize) at"
+        " start; each holds the models on its own device.",
+    )
+    ray_engine_max_replicas: int = Field(
+        0, ge=0, description="Autoscaling: above ATELIER_RAY_ENGINE_REPLICAS, Serve adds"
+        " engine replicas up to this many as their queues grow; 0: a fixed count.",
+    )
+    ray_engine_gpus: float = Field(
+        -1.0, ge=-1.0, description="GPUs each engine replica reserves (`num_gpus`;"
+        " fractions share a GPU); -1: 1 when the cluster has GPUs, else 0.",
+    )
+    ray_engine_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each engine replica needs,"
+        " as JSON (`{\"gpu_node\": 1}`): pins engines to nodes started with"
+        " `ray start --resources`.",
+    )
+    ray_max_replicas_per_node: int = Field(
+        0, ge=0, description="Most replicas of one engine deployment on one node; 0: no"
+        " limit (1 spreads the replicas over the nodes).",
+    )
+    ray_max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one engine replica works on at once (its pool"
+        " batches them); more wait in the handle's queue.",
+    )
+    ray_max_queued_requests: int = Field(
+        256, ge=-1, description="Requests waiting for an engine replica, per ingress"
+        " replica, before 503 + Retry-After; -1: no bound.",
+    )
 
     def api_key_list(self) -> list[str]:
         """The configured API keys (ATELIER_API_KEYS and the lines of ATELIER_API_KEYS_FILE)."""

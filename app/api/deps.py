@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 from app.api import security
 from app.catalog import Catalog
 from app.errors import InvalidField
-from app.pool import WorkerPool
+from app.pool import Pool
 from app.services.generation import GenerationService
 from app.services.jobs import Job
 from app.services.stylize import StylizeService
@@ -29,8 +29,8 @@ async def get_catalog(request: Request) -> Catalog:
     return value
 
 
-async def get_pool(request: Request) -> WorkerPool:
-    value: WorkerPool = request.app.state.pool
+async def get_pool(request: Request) -> Pool:
+    value: Pool = request.app.state.pool
     return value
 
 
@@ -46,7 +46,7 @@ async def get_stylize(request: Request) -> StylizeService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CatalogDep = Annotated[Catalog, Depends(get_catalog)]
-PoolDep = Annotated[WorkerPool, Depends(get_pool)]
+PoolDep = Annotated[Pool, Depends(get_pool)]
 GenerationDep = Annotated[GenerationService, Depends(get_generation)]
 StylizeDep = Annotated[StylizeService, Depends(get_stylize)]
 

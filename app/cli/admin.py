@@ -48,6 +48,16 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
     """Until SIGINT/SIGTERM; then the app drains (one grace period) and this exits 0."""
     from app.serving import serve as run_server
 
-    overrides = {k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
-    run_server(settings.model_copy(update=overrides))
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port,
+                                    "backend": args.backend}.items() if v is not None}
+    settings = settings.model_copy(update=overrides)
+    if settings.backend == "ray":
+        from app.distributed.serving import SettingsError, serve_on_ray
+
+        try:
+            serve_on_ray(settings)
+        except SettingsError as exc:
+            raise CliError(str(exc), USAGE) from None
+        return OK
+    run_server(settings)
     return OK

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="bind address (ATELIER_HOST)")
     serve.add_argument("--port", type=int, help="port (ATELIER_PORT)")
+    serve.add_argument("--backend", choices=("local", "ray"),
+                       help="local: this process drives the devices; ray: Ray Serve"
+                       " deployments on a Ray cluster (ATELIER_BACKEND)")
 
     models = sub.add_parser("models", help="list or pull catalog models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

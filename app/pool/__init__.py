@@ -12,6 +12,7 @@ from app.pool.errors import (
     QueueFull,
     WorkerCrashed,
 )
+from app.pool.interface import Pool
 from app.pool.metrics import PoolMetrics
 from app.pool.pool import Executor, Lane, WorkerPool
 from app.pool.work import WorkItem, WorkStats
@@ -21,6 +22,7 @@ __all__ = [
     "Executor",
     "Lane",
     "OutOfMemory",
+    "Pool",
     "PoolClosed",
     "PoolError",
     "PoolMetrics",

@@ -11,7 +11,7 @@ from app.catalog import Catalog, Manifest
 from app.engines import gan, imaging
 from app.engines.imaging import ImageFormat
 from app.errors import InvalidField
-from app.pool import WorkerPool, WorkStats
+from app.pool import Pool, WorkStats
 from app.runtime import GenerateWork
 from app.services.encoding import Encoder
 from app.services.errors import require_model
@@ -26,7 +26,7 @@ class Generated:
 
 
 class GenerationService:
-    def __init__(self, catalog: Catalog, pool: WorkerPool, encoder: Encoder, *,
+    def __init__(self, catalog: Catalog, pool: Pool, encoder: Encoder, *,
                  max_images: int) -> None:
         self.catalog = catalog
         self.pool = pool

@@ -25,7 +25,7 @@ from app.engines.style import (
     resize_long_side,
 )
 from app.errors import AtelierError, InvalidField, as_atelier_error
-from app.pool import WorkerPool
+from app.pool import Pool
 from app.runtime import StylizeWork
 from app.services.encoding import Encoder
 from app.services.errors import require_model
@@ -128,7 +128,7 @@ class Interrupted(AtelierError):
 
 class StylizeService:
     def __init__(
-        self, catalog: Catalog, pool: WorkerPool, encoder: Encoder, store: JobStore,
+        self, catalog: Catalog, pool: Pool, encoder: Encoder, store: JobStore,
         settings: Settings, *, decoder: Encoder | None = None,
     ) -> None:
         self.catalog = catalog

@@ -60,7 +60,7 @@ async def readyz(catalog: CatalogDep, pool: PoolDep, settings: SettingsDep) -> R
 @router.get("/models", summary="The model catalog", response_model=ModelList)
 async def models(catalog: CatalogDep, pool: PoolDep, settings: SettingsDep) -> ModelList:
     """Every model in the catalog, whether its weights are present, and its licence."""
-    devices = sorted({w.device for w in pool.workers})
+    devices = sorted({str(w["device"]) for w in pool.describe()})
     return ModelList(
         models=[
             ModelInfo(
