@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test models lint bench-generate clean-models
+.PHONY: run test test-ray models lint bench-generate clean-models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: models lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not ray"
+
+# The ray backend on a two-node local Ray cluster (~1 min more; .ci/run runs it too).
+test-ray: models
+	$(BIN)/python -m pytest -q -m ray
 
 bench-generate: models
 	$(BIN)/python bench/generate.py

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.catalog import Catalog
 from app.distributed.engine import EngineReplica
@@ -42,7 +43,34 @@ class Ingress:
             return RemotePool(self.engines, queue_capacity=settings.ray_max_queued_requests,
                               retry_after_s=settings.retry_after_s, metrics=metrics)
 
-        return create_app(self.settings, pool_factory=remote_pool)
+        app = create_app(self.settings, pool_factory=remote_pool)
+        app.add_middleware(ServedBy, name=_replica_name())
+        return app
+
+
+def _replica_name() -> str:
+    replica = serve.get_replica_context().replica_id.unique_id
+    return f"ingress {replica} on node {ray.get_runtime_context().get_node_id()[:12]}"
+
+
+class ServedBy:
+    """`X-Served-By` on every response: which ingress replica (and node) answered, for
+    operators following a request through the cluster."""
+
+    def __init__(self, app: ASGIApp, name: str) -> None:
+        self.app, self.header = app, (b"x-served-by", name.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), self.header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
 
 
 def engine_gpus(settings: Settings) -> float:

@@ -1,0 +1,157 @@
+"""The ray backend on a real two-node Ray cluster on this machine (CPU): the same app as the
+ingress deployment, engine deployments whose replicas spread over both nodes.
+
+Marked `ray` (a cluster and a deployment take ~30 s to start): `make test-ray` and .ci/run
+run them; `make test` does not.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.main import create_app
+from tests.conftest import LiveServer, free_port, make_settings
+from tests.ray_cluster import RayCluster, wait_for
+from tests.sse import read_events
+from tests.test_stylize_api import ASYNC, files
+
+pytestmark = pytest.mark.ray
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # as the test cluster's nodes
+    ray_cluster = RayCluster(free_port()).start()
+    try:
+        yield ray_cluster
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        ray_cluster.stop()
+
+
+def ray_settings(cluster: RayCluster, **overrides: Any) -> Any:
+    return make_settings(
+        backend="ray", ray_address=cluster.address, port=free_port(),
+        ray_proxy_location="HeadOnly", ray_engine_replicas=2, ray_max_replicas_per_node=1,
+        default_size=48, default_steps=8, progress_every=2, shutdown_grace_s=2,
+        **overrides)
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: RayCluster, real_catalog: object) -> Iterator[str]:
+    from app.distributed.serving import deploy
+
+    settings = ray_settings(cluster)
+    deploy(settings)
+    yield f"http://127.0.0.1:{settings.port}"
+
+
+def job_document(url: str, job_id: str) -> dict[str, Any]:
+    document: dict[str, Any] = httpx.get(f"{url}/jobs/{job_id}", timeout=30).json()
+    return document
+
+
+def pixels(data: bytes) -> np.ndarray[Any, Any]:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_a_seed_gives_the_same_image_on_ray_as_on_the_local_backend(deployed: str) -> None:
+    with LiveServer(create_app(make_settings())) as local:
+        for seed in (3, 11):
+            body = {"seed": seed, "n": 2}
+            on_ray = httpx.post(f"{deployed}/generate", json=body, timeout=60)
+            here = httpx.post(f"{local.url}/generate", json=body, timeout=60)
+            assert on_ray.status_code == 200, on_ray.text
+            assert on_ray.headers["x-seed"] == str(seed)
+            assert np.array_equal(pixels(on_ray.content), pixels(here.content))
+
+
+def test_a_style_job_streams_its_progress_and_result_from_an_engine_replica(
+        deployed: str) -> None:
+    created = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+                         data={"size": "32", "steps": "6"}, timeout=60)
+    assert created.status_code == 202, created.text
+    job_id = created.json()["id"]
+    with httpx.Client(base_url=deployed, timeout=60) as client:
+        events = read_events(client, f"/jobs/{job_id}/events")
+    kinds = [e.event for e in events]
+    assert kinds[-1] == "succeeded" and "progress" in kinds
+    steps = [e.data["step"] for e in events if e.event == "progress"]
+    assert steps == sorted(steps) and steps[-1] == 6
+    result = httpx.get(f"{deployed}/jobs/{job_id}/result", timeout=30)
+    assert result.status_code == 200 and max(Image.open(io.BytesIO(result.content)).size) == 32
+
+
+def test_cancelling_a_job_reaches_the_replica_that_runs_it(deployed: str) -> None:
+    job_id = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+                        data={"size": "48", "steps": "2000"}, timeout=60).json()["id"]
+    wait_for(lambda: job_document(deployed, job_id)["step"] > 0, 60, "the job to run")
+    started = time.monotonic()
+    cancelled = httpx.delete(f"{deployed}/jobs/{job_id}", timeout=30).json()
+    assert cancelled["status"] == "canceled"
+    assert time.monotonic() - started < 5
+    stopped_at = job_document(deployed, job_id)["step"]
+    assert stopped_at < 2000
+    # The replica stopped stepping it: its worker is free for the next job at once.
+    quick = httpx.post(f"{deployed}/stylize", files=files(), data={"size": "32", "steps": "3"},
+                       timeout=60)
+    assert quick.status_code == 200, quick.text
+
+
+def _replica_actor_names(deployment: str) -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if "SERVE_REPLICA" in a["name"] and f"#{deployment}#" in a["name"]]
+
+
+def test_a_killed_engine_replica_fails_only_its_own_work_and_keeps_finished_results(
+        deployed: str) -> None:
+    if not ray.is_initialized():
+        ray.init(address="auto", namespace="serve")
+    finished = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+                          data={"size": "32", "steps": "3"}, timeout=60).json()["id"]
+    wait_for(lambda: job_document(deployed, finished)["status"] == "succeeded", 60,
+             "the first job")
+    before = httpx.get(f"{deployed}/jobs/{finished}/result", timeout=30).content
+
+    running = [httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+                          data={"size": "48", "steps": "2000"}, timeout=60).json()["id"]
+               for _ in range(2)]
+    wait_for(lambda: all(job_document(deployed, j)["step"] > 0 for j in running), 60,
+             "both jobs to run")
+    names = _replica_actor_names("stylize-engine")
+    assert len(names) == 2
+    victim = ray.get_actor(names[0], namespace="serve")
+    ray.kill(victim, no_restart=True)
+
+    # The job on the killed replica fails with a clean, retryable problem; the other runs on.
+    def settled() -> bool:
+        return any(job_document(deployed, j)["status"] == "failed" for j in running)
+
+    wait_for(settled, 60, "the killed replica's job to fail")
+    documents = [job_document(deployed, j) for j in running]
+    failed = [d for d in documents if d["status"] == "failed"]
+    alive = [d for d in documents if d["status"] != "failed"]
+    assert len(failed) == 1 and len(alive) == 1, documents
+    assert failed[0]["error"]["type"] == "urn:atelier:problem:worker-crashed"
+    assert failed[0]["error"]["status"] == 503 and failed[0]["error"]["retry_after_s"]
+    assert alive[0]["status"] == "running"
+    httpx.delete(f"{deployed}/jobs/{alive[0]['id']}", timeout=30)
+    # Nothing finished was lost, and Serve brings the replica back.
+    assert httpx.get(f"{deployed}/jobs/{finished}/result", timeout=30).content == before
+    wait_for(lambda: len(_replica_actor_names("stylize-engine")) == 2, 90,
+             "Serve to replace the replica")
+    again = httpx.post(f"{deployed}/stylize", files=files(), data={"size": "32", "steps": "3"},
+                       timeout=60)
+    assert again.status_code == 200, again.text
