@@ -7,6 +7,7 @@ run them; `make test` does not.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -42,20 +43,24 @@ def cluster() -> Iterator[RayCluster]:
 
 
 def ray_settings(cluster: RayCluster, **overrides: Any) -> Any:
-    return make_settings(
-        backend="ray", ray_address=cluster.address, port=free_port(),
-        ray_proxy_location="HeadOnly", ray_engine_replicas=2, ray_max_replicas_per_node=1,
-        default_size=48, default_steps=8, progress_every=2, shutdown_grace_s=2,
-        **overrides)
+    values: dict[str, Any] = {
+        "backend": "ray", "ray_address": cluster.address, "ray_proxy_location": "HeadOnly",
+        "ray_engine_replicas": 2, "ray_max_replicas_per_node": 1, "default_size": 48,
+        "default_steps": 8, "progress_every": 2, "shutdown_grace_s": 2}
+    return make_settings(**(values | overrides))
 
 
 @pytest.fixture(scope="module")
-def deployed(cluster: RayCluster, real_catalog: object) -> Iterator[str]:
+def serve_port() -> int:
+    return free_port()  # Serve's proxy keeps the port it started with across deployments
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: RayCluster, real_catalog: object, serve_port: int) -> Iterator[str]:
     from app.distributed.serving import deploy
 
-    settings = ray_settings(cluster)
-    deploy(settings)
-    yield f"http://127.0.0.1:{settings.port}"
+    deploy(ray_settings(cluster, port=serve_port))
+    yield f"http://127.0.0.1:{serve_port}"
 
 
 def job_document(url: str, job_id: str) -> dict[str, Any]:
@@ -155,3 +160,26 @@ def test_a_killed_engine_replica_fails_only_its_own_work_and_keeps_finished_resu
     again = httpx.post(f"{deployed}/stylize", files=files(), data={"size": "32", "steps": "3"},
                        timeout=60)
     assert again.status_code == 200, again.text
+
+
+# Last: it redeploys the application with tight bounds.
+def test_engines_past_their_queue_bound_answer_503_with_retry_after(
+        cluster: RayCluster, deployed: str, serve_port: int) -> None:
+    from app.distributed.serving import deploy
+
+    deploy(ray_settings(cluster, port=serve_port, ray_engine_replicas=1,
+                        ray_max_ongoing_requests=1, ray_max_queued_requests=1))
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=deployed, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/generate", json={"n": 32, "seed": i})
+                                          for i in range(24)))
+
+    answers = asyncio.run(burst())
+    statuses = [r.status_code for r in answers]
+    assert set(statuses) <= {200, 503}, statuses
+    assert 200 in statuses and 503 in statuses, statuses
+    refused = next(r for r in answers if r.status_code == 503)
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"] == "urn:atelier:problem:queue-full"
+    assert int(refused.headers["retry-after"]) >= 1
