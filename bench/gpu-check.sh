@@ -9,7 +9,7 @@
 # It prints everything and copies it to $OUT/log. SIZE, STEPS, QUICK=1 shrink it (for a
 # dry run on a CPU).
 # ONLY="profile serve serve1024" runs only the sections named (tests buckets stylize
-# stylize1024 generate profile serve serve1024; all when unset). One command may run 10 min
+# stylize1024 generate profile serve serve1024 ray train; all when unset). One command may run 10 min
 # and a session has 15 min of device time, machine start included: all sections together
 # take longer, so run them in two sessions. The service sections are bounded by `timeout`
 # (-k 15 after it): profile 150 s (each variant 45 s), serve 300 s, serve1024 110 s, 560 s
@@ -74,6 +74,17 @@ fi
     PYTHONUNBUFFERED=1 timeout -k 15 110 python3 bench/serve_stylize.py --size 1024 \
       --steps "$STEPS" --jobs 2 --concurrency 1 --rate 0 --shapes 4:3 --inprocess seq \
       --ready-timeout 60 --job-timeout 60
+  fi
+  if [ -z "${QUICK:-}" ] && want ray; then
+    echo "== the ray backend: /generate with 1, 2, 4 ingress replicas (one GPU engine replica"
+    echo "   per kind) against the bare endpoint and the local backend; needs ray[serve] and"
+    echo "   redis-server installed (ray's wheel, 79 MB, is over the device carry limit)"
+    if python3 -c "import ray.serve" 2>/dev/null && command -v redis-server >/dev/null; then
+      PYTHONUNBUFFERED=1 timeout -k 15 400 python3 bench/ray_serve.py --replicas 1,2,4 \
+        --concurrency 1,64,256 --duration 8
+    else
+      echo "skipped: ray[serve] or redis-server is not installed here"
+    fi
   fi
 } 2>&1 | tee "$LOG"
 if want train; then { echo "== train 64px, batch 128, default network (target >= 20,000 images/s)"; PYTHONUNBUFFERED=1 timeout -k 15 240 python3 bench/train.py --device cuda --size 64 --batch-size 128 --steps 300 --warmup 30 --variants bf16,fp32,bf16+compile --target 20000; } 2>&1 | tee -a "$LOG"; fi
