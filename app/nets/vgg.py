@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -48,7 +48,13 @@ class VGG19Features(nn.Module):
         for name, parameter in self.convs.named_parameters():  # "block1_conv1.weight", ...
             parameter.data.copy_(tensors[name])
 
-    def forward(self, x: torch.Tensor, layers: Iterable[str]) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, layers: Iterable[str],
+                keep: Callable[[int, int], torch.Tensor] | None = None,
+                ) -> dict[str, torch.Tensor]:
+        """Activations at `layers`. `keep(h, w)`, when given, is a [B, 1, h, w] mask each
+        activation is multiplied by: images padded to a larger shape then see zeros beyond
+        their own edge at every layer, as each convolution's zero padding shows them when
+        they run alone, so their features are the same as unpadded."""
         wanted = set(layers)
         out: dict[str, torch.Tensor] = {}
         previous_block = 1
@@ -57,7 +63,11 @@ class VGG19Features(nn.Module):
             if block != previous_block:
                 x = self.pool(x)
                 previous_block = block
+                if keep is not None:  # a pool over the edge: a cell the image alone drops
+                    x = x * keep(*x.shape[-2:]).to(x.dtype)
             x = torch.relu(conv(x))
+            if keep is not None:
+                x = x * keep(*x.shape[-2:]).to(x.dtype)
             relu = relu_name(name)
             if relu in wanted:
                 out[relu] = x
