@@ -24,8 +24,7 @@ from app.pool.interface import Pool
 from app.runtime import build_pool
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
-from app.services.jobdb import SqliteJobs
-from app.services.jobs import JobStore
+from app.services.jobs import JobStore, open_job_store
 from app.services.stylize import StylizeService
 from app.services.warmup import style_warmup
 from app.settings import Settings
@@ -101,14 +100,7 @@ def create_app(
         app.state.pool = pool
         app.state.generation = GenerationService(
             catalog, pool, encoder, max_images=settings.max_images_per_request)
-        store = JobStore(
-            max_active=settings.max_active_jobs, max_jobs=settings.max_jobs,
-            ttl_s=settings.job_ttl_s, results_dir=settings.jobs_dir / "results",
-            inputs_dir=settings.jobs_dir / "inputs",
-            persistence=SqliteJobs(settings.jobs_dir / "jobs.sqlite3"),
-            retry_after_s=max(settings.retry_after_s, 5),
-            max_active_per_owner=settings.max_jobs_per_key if settings.keys_required() else None,
-        )
+        store = open_job_store(settings)
         stylize = StylizeService(catalog, pool, encoder, store, settings, decoder=decoder)
         app.state.stylize = stylize
         resumed = await stylize.resume_unfinished()

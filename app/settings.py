@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         PROJECT_ROOT / "var" / "jobs",
         description="Where the job store keeps its database and the jobs' results.",
     )
+    job_store_url: str | None = Field(
+        None, description="Redis URL (`redis://host:6379/0`) of a job store shared by every"
+        " server: jobs, events, uploads and results live there, so any server answers for"
+        " any job. None: the embedded store under `ATELIER_JOBS_DIR` (one server).",
+    )
     interrupted_jobs: Literal["requeue", "fail"] = Field(
         "requeue", description="What start-up does with jobs that were queued or running when"
         " the previous process stopped: run them again, or mark them failed (`interrupted`).",

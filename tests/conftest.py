@@ -6,10 +6,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+import redis
 import torch
 import uvicorn
 from fastapi import FastAPI
@@ -19,6 +20,9 @@ from app.catalog import Catalog, ModelStatus
 from app.main import create_app
 from app.pool import WorkItem
 from app.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    from tests.redisserver import RedisServer
 
 CATALOG_DIR = PROJECT_ROOT / "models"
 MODEL_DIR = PROJECT_ROOT / "models" / "cache"
@@ -145,3 +149,24 @@ def tmp_model_dir(tmp_path: Path) -> Path:
 def anyio_backend() -> str:
     """`@pytest.mark.anyio` tests (in-process ones) run on asyncio, the server's loop."""
     return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests/redisserver.py, which imports this
+    module: hence the import here)."""
+    from tests.redisserver import RedisServer, available
+
+    if not available():
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url

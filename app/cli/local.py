@@ -23,7 +23,7 @@ from app.pool import WorkerPool
 from app.runtime import GENERATE_LANE, STYLIZE_LANE, build_pool
 from app.services.encoding import Encoder
 from app.services.generation import GenerationService
-from app.services.jobs import JobStore
+from app.services.jobs import EmbeddedJobStore
 from app.services.params import GenerateRequest, StyleParams
 from app.services.stylize import StylizeService
 from app.settings import Settings
@@ -137,7 +137,7 @@ def _json(data: BaseModel | dict[str, Any]) -> dict[str, Any]:
 async def _run_job(
     service: StylizeService, content: bytes, styles: list[bytes], params: StyleParams,
     make_progress: Callable[[int], JobProgress],
-) -> tuple[dict[str, Any], Path]:
+) -> tuple[dict[str, Any], bytes]:
     job = None
     try:
         job = await service.submit(content, styles, params)
@@ -148,8 +148,8 @@ async def _run_job(
                 document = progress(event.type, _json(event.data)) or document
         finally:
             progress.close()
-        path, _media_type = service.result(job)
-        return document or _json(job.document()), path
+        image, _media_type = await service.result(job)
+        return document or _json(job.document()), image
     except asyncio.CancelledError:
         # Ctrl-C: asyncio cancels this task. Cancel the job and wait until its worker has
         # let go of it (within one step), while the loop still takes the worker's callbacks.
@@ -170,8 +170,8 @@ def stylize(
     settings, catalog, pool, encoder = _session(settings, STYLIZE_LANE)
     with tempfile.TemporaryDirectory(prefix="atelier-") as scratch:
         # A results folder of its own, gone with the run.
-        store = JobStore(max_active=1, max_jobs=1, ttl_s=settings.job_ttl_s,
-                         results_dir=Path(scratch) / "results")
+        store = EmbeddedJobStore(max_active=1, max_jobs=1, ttl_s=settings.job_ttl_s,
+                                 results_dir=Path(scratch) / "results")
         service = StylizeService(catalog, pool, encoder, store, settings)
         # The model and the bounds, checked before minutes of loading and computing.
         service.options_for(params, len(styles), service.resolve())
@@ -179,8 +179,7 @@ def stylize(
             # Closing the store sets every job's cancel (a second Ctrl-C, say, leaves the
             # loop before the job has seen the first).
             with _started(pool, settings.shutdown_grace_s, store.close):
-                document, path = asyncio.run(
+                return asyncio.run(
                     _run_job(service, content, styles, params, make_progress))
-                return document, path.read_bytes()
         finally:
             encoder.close()

@@ -1,8 +1,8 @@
 """Where jobs outlive the process: the persistence interface and its SQLite implementation.
 
-The job store keeps live state (events, waiters, cancel flags) in memory and writes every
-state change through a `JobPersistence`, so a restart finds each job as it was left. A store
-shared by several servers (Redis) implements the same interface.
+The embedded job store keeps live state (events, waiters, cancel flags) in memory and writes
+every state change through a `JobPersistence`, so a restart finds each job as it was left.
+(Servers that share their jobs use the Redis store instead: app/services/redisjobs.py.)
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""Long-running jobs: one document model, the state transitions, progress events, results on
-disk, TTL and bounds.
+"""Long-running jobs: one document model, the state transitions, progress events, results,
+TTL and bounds; `JobStore` is their interface, with two implementations: `EmbeddedJobStore`
+(one process: memory, written through to SQLite) and `RedisJobStore` (app/services/redisjobs.py:
+shared by every server on one Redis). `open_job_store(settings)` picks one.
 
-All methods run on the event loop thread; workers hand updates over with
-`loop.call_soon_threadsafe`.
+All methods run on the event loop thread (except `save_inputs`, which blocks); workers hand
+updates over with `loop.call_soon_threadsafe`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import re
 import secrets
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from app.errors import PROBLEM_TYPE_PREFIX, AtelierError
-from app.services.jobdb import JobPersistence, JobRecord
+from app.services.jobdb import JobPersistence, JobRecord, SqliteJobs
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 class JobStatus(StrEnum):
@@ -252,10 +258,192 @@ def _iso(ts: float | None) -> str | None:
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{16}$")  # secrets.token_urlsafe(12)
 
 
-class JobStore:
-    """Jobs, their events and their files. With a `persistence`, every state change is
+class JobStore(ABC):
+    """Jobs, their events, their uploads and their results: the interface both stores share,
+    and the state transitions (the only code that changes a job's status).
+
+    A job is *driven* by the process that runs it: the one that created it, or the one that
+    claimed it (`claim_unfinished`) after its driver stopped. Only the driver changes a job;
+    any process may read it, follow it and ask for it to be cancelled (`request_cancel`).
+    """
+
+    def __init__(self, *, max_active: int, max_jobs: int, ttl_s: float, retry_after_s: int,
+                 max_active_per_owner: int | None) -> None:
+        self.max_active = max_active
+        self.max_jobs = max_jobs
+        self.ttl_s = ttl_s
+        self.retry_after_s = retry_after_s
+        self.max_active_per_owner = max_active_per_owner
+        self._driving: dict[str, Job] = {}
+
+    # ---- queries and admission --------------------------------------------------------
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Jobs held, finished ones included."""
+
+    @property
+    @abstractmethod
+    def active(self) -> int:
+        """Jobs queued or running."""
+
+    @abstractmethod
+    def jobs(self) -> list[Job]:
+        """Every job held, finished ones included, oldest first."""
+
+    @abstractmethod
+    def unfinished(self) -> list[Job]:
+        """Jobs that are queued or running, whoever drives them, oldest first."""
+
+    @abstractmethod
+    def create(self, steps: int, options: dict[str, Any], *,
+               params: dict[str, Any] | None = None, owner: str | None = None) -> Job:
+        """A new queued job driven by this process, within the limits: JobLimit when
+        `max_active` are unfinished or `max_jobs` are held and none has finished (else the
+        oldest finished one goes), OwnerJobLimit past `max_active_per_owner`."""
+
+    @abstractmethod
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job, or JobNotFound (also once it has expired, or when it belongs to another
+        owner: a job id is not a secret worth probing for)."""
+
+    @abstractmethod
+    def discard(self, job: Job) -> None:
+        """Forget the job and everything stored with it."""
+
+    @abstractmethod
+    def purge_expired(self) -> int:
+        """Remove the jobs finished longer than the TTL ago; returns how many."""
+
+    def _too_many_active(self) -> JobLimit:
+        return JobLimit(f"{self.max_active} jobs are already queued or running",
+                        self.retry_after_s)
+
+    def _too_many_for_owner(self) -> OwnerJobLimit:
+        assert self.max_active_per_owner is not None
+        return OwnerJobLimit(self.max_active_per_owner, self.retry_after_s)
+
+    def _full(self) -> JobLimit:
+        return JobLimit(f"the job store is full ({self.max_jobs} jobs)", self.retry_after_s)
+
+    # ---- who drives what --------------------------------------------------------------
+
+    def drives(self, job: Job) -> bool:
+        return job.id in self._driving
+
+    def driving(self) -> list[Job]:
+        """The unfinished jobs this process drives, oldest first."""
+        return sorted((j for j in self._driving.values() if not j.status.terminal),
+                      key=lambda j: j.created_at)
+
+    @abstractmethod
+    def claim_unfinished(self) -> list[Job]:
+        """The unfinished jobs no live process drives (left by a stopped or dead one), now
+        driven by this one, oldest first; a job is claimed by one process only."""
+
+    @abstractmethod
+    def request_cancel(self, job: Job) -> None:
+        """Ask the process that drives `job` to cancel it (see `on_cancel_request`)."""
+
+    @abstractmethod
+    def on_cancel_request(self, cancel: Callable[[Job], None]) -> None:
+        """Register what cancels a job this process drives when another process asks."""
+
+    # ---- uploads kept for re-queueing, and results --------------------------------------
+
+    @abstractmethod
+    def save_inputs(self, job: Job, content: bytes, styles: list[bytes]) -> None:
+        """Keep the uploads until the job ends (blocking: call it off the event loop)."""
+
+    @abstractmethod
+    def load_inputs(self, job: Job) -> tuple[bytes, list[bytes]] | None:
+        """(content, styles) as saved, or None."""
+
+    @abstractmethod
+    async def write_result(self, job: Job, data: bytes, extension: str) -> None:
+        """Store the encoded result (before `succeed`); kept as long as the job."""
+
+    @abstractmethod
+    async def read_result(self, job: Job) -> bytes:
+        """The stored result; JobNotFound once it has expired."""
+
+    # ---- state transitions: the only code that changes a job's status ----------------
+
+    def start(self, job: Job) -> None:
+        if job.status is JobStatus.QUEUED:
+            job.status = JobStatus.RUNNING
+            job.started_at = time.time()
+            self._publish(job, "progress", job.progress())
+
+    def advance(self, job: Job, step: int, losses: Losses,
+                preview_data_url: str | None = None) -> None:
+        if job.status.terminal:
+            return
+        job.step, job.losses = step, losses
+        self._publish(job, "progress", job.progress())
+        if preview_data_url is not None:
+            self._publish(job, "preview", {"step": step, "data_url": preview_data_url})
+
+    def succeed(self, job: Job, *, media_type: str, step: int, losses: Losses,
+                seconds: float) -> None:
+        """After `write_result`."""
+        if job.status.terminal:
+            return
+        job.media_type = media_type
+        job.step, job.losses, job.seconds = step, losses, seconds
+        self._finish(job, JobStatus.SUCCEEDED)
+
+    def fail(self, job: Job, error: AtelierError) -> None:
+        if not job.status.terminal:
+            job.error = JobError.of(error)
+            self._finish(job, JobStatus.FAILED)
+
+    def cancelled(self, job: Job) -> None:
+        if not job.status.terminal:
+            self._finish(job, JobStatus.CANCELED)
+
+    def requeue(self, job: Job) -> None:
+        """Back to the queue, no longer driven by this process (a restart, or another
+        process, runs it again): its followers' streams end here."""
+        if job.status.terminal:
+            return
+        job.status, job.step, job.losses, job.started_at = JobStatus.QUEUED, 0, None, None
+        job.interrupted = True
+        self._driving.pop(job.id, None)
+        self._publish(job, INTERRUPTED, job.document())
+
+    def _finish(self, job: Job, status: JobStatus) -> None:
+        job.status = status
+        job.finished_at = time.time()
+        self._publish(job, status.value, job.document())
+        self._driving.pop(job.id, None)
+
+    @abstractmethod
+    def _publish(self, job: Job, kind: str, data: BaseModel | dict[str, Any]) -> None:
+        """Persist the job as it now is and append the event `kind`, with the id
+        `job.next_event` (then incremented); a final status also drops the uploads."""
+
+    # ---- waiting ----------------------------------------------------------------------
+
+    @abstractmethod
+    def follow(self, job: Job, after: int = 0) -> AsyncIterator[JobEvent]:
+        """Events with id > `after`, then new ones as they come, until the final one."""
+
+    @abstractmethod
+    async def wait(self, job: Job, timeout_s: float | None = None) -> None:
+        """Until the job ends, is given back to the queue, or `timeout_s` passes; `job`
+        then shows its state at that time."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop this process's live state (every cancel flag set); what is durable stays
+        for the next process."""
+
+
+class EmbeddedJobStore(JobStore):
+    """The store of one process: jobs in memory. With a `persistence`, every state change is
     written through it and a new store picks up where the last one stopped: finished jobs
-    stay retrievable until their TTL, unfinished ones come back in `unfinished()`.
+    stay retrievable until their TTL, unfinished ones come back in `claim_unfinished()`.
 
     Files: results in `results_dir`, uploads of unfinished jobs in `inputs_dir` (kept so
     that an interrupted job can run again). Only files the store created are deleted.
@@ -266,13 +454,10 @@ class JobStore:
         persistence: JobPersistence | None = None, inputs_dir: Path | None = None,
         retry_after_s: int = 5, max_active_per_owner: int | None = None,
     ) -> None:
-        self.max_active = max_active
-        self.max_jobs = max_jobs
-        self.ttl_s = ttl_s
+        super().__init__(max_active=max_active, max_jobs=max_jobs, ttl_s=ttl_s,
+                         retry_after_s=retry_after_s, max_active_per_owner=max_active_per_owner)
         self.results_dir = results_dir
         self.inputs_dir = inputs_dir
-        self.retry_after_s = retry_after_s
-        self.max_active_per_owner = max_active_per_owner
         self._persistence = persistence
         self._jobs: dict[str, Job] = {}
         results_dir.mkdir(parents=True, exist_ok=True)
@@ -293,39 +478,46 @@ class JobStore:
         return sum(not j.status.terminal for j in self._jobs.values())
 
     def jobs(self) -> list[Job]:
-        """Every job held, finished ones included, oldest first."""
         return sorted(self._jobs.values(), key=lambda j: j.created_at)
 
     def unfinished(self) -> list[Job]:
-        """Jobs that are queued or running, oldest first (after a restart: interrupted)."""
         return sorted((j for j in self._jobs.values() if not j.status.terminal),
                       key=lambda j: j.created_at)
+
+    def claim_unfinished(self) -> list[Job]:
+        claimed = [j for j in self.unfinished() if j.id not in self._driving]
+        for job in claimed:
+            self._driving[job.id] = job
+        return claimed
+
+    def request_cancel(self, job: Job) -> None:
+        """This process drives every job it holds: there is no other one to ask."""
+
+    def on_cancel_request(self, cancel: Callable[[Job], None]) -> None:
+        """No other process shares these jobs: no request comes."""
 
     def create(self, steps: int, options: dict[str, Any], *, params: dict[str, Any] | None = None,
                owner: str | None = None) -> Job:
         self.purge_expired()
         if self.active >= self.max_active:
-            raise JobLimit(f"{self.max_active} jobs are already queued or running",
-                           self.retry_after_s)
+            raise self._too_many_active()
         if owner is not None and self.max_active_per_owner is not None and sum(
                 j.owner == owner and not j.status.terminal
                 for j in self._jobs.values()) >= self.max_active_per_owner:
-            raise OwnerJobLimit(self.max_active_per_owner, self.retry_after_s)
+            raise self._too_many_for_owner()
         while len(self._jobs) >= self.max_jobs:
             finished = [j for j in self._jobs.values() if j.status.terminal]
             if not finished:
-                raise JobLimit(f"the job store is full ({self.max_jobs} jobs)",
-                               self.retry_after_s)
+                raise self._full()
             self._remove(min(finished, key=lambda j: j.finished_at or 0))
         job = Job(id=secrets.token_urlsafe(12), steps=steps, options=options,
                   params=params or {}, owner=owner)
         self._jobs[job.id] = job
+        self._driving[job.id] = job
         self._save(job)
         return job
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
-        """The job, or JobNotFound (also once it has expired, or when it belongs to another
-        owner: a job id is not a secret worth probing for)."""
         job = self._jobs.get(job_id)
         if job is not None and self._expired(job, time.time()):
             self._remove(job)
@@ -337,13 +529,9 @@ class JobStore:
     def discard(self, job: Job) -> None:
         self._remove(job)
 
-    def result_path(self, job: Job, extension: str) -> Path:
-        return self.results_dir / f"{job.id}.{extension}"
-
-    # ---- uploads kept for re-queueing ----------------------------------------------------
+    # ---- uploads and results ------------------------------------------------------------
 
     def save_inputs(self, job: Job, content: bytes, styles: list[bytes]) -> None:
-        """Keep the uploads until the job ends (blocking: call it off the event loop)."""
         folder = self._inputs(job)
         if folder is None:
             return
@@ -362,55 +550,24 @@ class JobStore:
     def _inputs(self, job: Job) -> Path | None:
         return None if self.inputs_dir is None else self.inputs_dir / job.id
 
-    # ---- state transitions: the only code that changes a job's status ----------------
+    async def write_result(self, job: Job, data: bytes, extension: str) -> None:
+        path = self.results_dir / f"{job.id}.{extension}"
+        await asyncio.to_thread(path.write_bytes, data)
+        job.result_path = path
 
-    def start(self, job: Job) -> None:
-        if job.status is JobStatus.QUEUED:
-            job.status = JobStatus.RUNNING
-            job.started_at = time.time()
-            self._publish(job, "progress", job.progress())
+    async def read_result(self, job: Job) -> bytes:
+        if job.result_path is None:
+            raise JobNotFound(job.id)
+        try:
+            return await asyncio.to_thread(job.result_path.read_bytes)
+        except FileNotFoundError:
+            raise JobNotFound(job.id) from None
 
-    def advance(self, job: Job, step: int, losses: Losses,
-                preview_data_url: str | None = None) -> None:
-        if job.status.terminal:
-            return
-        job.step, job.losses = step, losses
-        self._publish(job, "progress", job.progress())
-        if preview_data_url is not None:
-            self._publish(job, "preview", {"step": step, "data_url": preview_data_url})
-
-    def succeed(self, job: Job, *, path: Path, media_type: str, step: int, losses: Losses,
-                seconds: float) -> None:
-        if job.status.terminal:
-            return
-        job.result_path, job.media_type = path, media_type
-        job.step, job.losses, job.seconds = step, losses, seconds
-        self._finish(job, JobStatus.SUCCEEDED)
-
-    def fail(self, job: Job, error: AtelierError) -> None:
-        if not job.status.terminal:
-            job.error = JobError.of(error)
-            self._finish(job, JobStatus.FAILED)
-
-    def cancelled(self, job: Job) -> None:
-        if not job.status.terminal:
-            self._finish(job, JobStatus.CANCELED)
-
-    def requeue(self, job: Job) -> None:
-        """Back to the queue (a restart runs it again): its followers' streams end here."""
-        if job.status.terminal:
-            return
-        job.status, job.step, job.losses, job.started_at = JobStatus.QUEUED, 0, None, None
-        job.interrupted = True
-        self._publish(job, INTERRUPTED, job.document())
-
-    def _finish(self, job: Job, status: JobStatus) -> None:
-        job.status = status
-        job.finished_at = time.time()
-        self._delete_inputs(job)
-        self._publish(job, status.value, job.document())
+    # ---- events -------------------------------------------------------------------------
 
     def _publish(self, job: Job, kind: str, data: BaseModel | dict[str, Any]) -> None:
+        if job.status.terminal:
+            self._delete_inputs(job)
         job.events.append(JobEvent(job.next_event, kind, data))
         job.next_event += 1
         self._save(job)
@@ -421,10 +578,7 @@ class JobStore:
         if self._persistence is not None:
             self._persistence.save(job.record())
 
-    # ---- waiting ----------------------------------------------------------------------
-
     async def follow(self, job: Job, after: int = 0) -> AsyncIterator[JobEvent]:
-        """Events with id > `after`, then new ones as they come, until the final one."""
         last = after
         while True:
             changed = job.changed
@@ -440,7 +594,6 @@ class JobStore:
             await changed.wait()
 
     async def wait(self, job: Job, timeout_s: float | None = None) -> None:
-        """Until the job ends, this process stops running it, or `timeout_s` passes."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while not (job.status.terminal or job.interrupted):
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -463,6 +616,7 @@ class JobStore:
 
     def _remove(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
+        self._driving.pop(job.id, None)
         if self._persistence is not None:
             self._persistence.delete(job.id)
         if job.result_path is not None and job.result_path.parent == self.results_dir:
@@ -491,7 +645,7 @@ class JobStore:
                     self._delete_inputs(Job(id=folder.name, steps=0, options={}))
 
     def close(self) -> None:
-        """Stop this process's live state; persisted jobs stay for the next process."""
+        """Without a persistence, the jobs and their files go with the store."""
         for job in list(self._jobs.values()):
             job.cancel.set()
         if self._persistence is not None:
@@ -499,3 +653,21 @@ class JobStore:
         else:
             for job in list(self._jobs.values()):
                 self._remove(job)
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    """The job store the settings ask for: shared on Redis with `ATELIER_JOB_STORE_URL`,
+    else embedded in this process (SQLite and files under `ATELIER_JOBS_DIR`)."""
+    limits: dict[str, Any] = {
+        "max_active": settings.max_active_jobs, "max_jobs": settings.max_jobs,
+        "ttl_s": settings.job_ttl_s, "retry_after_s": max(settings.retry_after_s, 5),
+        "max_active_per_owner": settings.max_jobs_per_key if settings.keys_required() else None,
+    }
+    if settings.job_store_url:
+        # Imported only when configured: the embedded store needs no Redis client.
+        from app.services.redisjobs import RedisJobStore
+
+        return RedisJobStore(settings.job_store_url, **limits)
+    return EmbeddedJobStore(
+        results_dir=settings.jobs_dir / "results", inputs_dir=settings.jobs_dir / "inputs",
+        persistence=SqliteJobs(settings.jobs_dir / "jobs.sqlite3"), **limits)

@@ -138,6 +138,8 @@ class StylizeService:
         # of /generate's answers.
         self.decoder = decoder or encoder
         self.store = store
+        # Another process asks, through a shared store, to cancel a job this one runs.
+        store.on_cancel_request(self.cancel)
         self.settings = settings
         self._futures: dict[str, concurrent.futures.Future[Any]] = {}
         # asyncio keeps only weak references to tasks: hold the running ones here.
@@ -217,9 +219,10 @@ class StylizeService:
 
     async def resume_unfinished(self) -> int:
         """At start-up: run again, or fail, the jobs the previous process left unfinished
-        (ATELIER_INTERRUPTED_JOBS). Returns how many were re-queued."""
+        (ATELIER_INTERRUPTED_JOBS), or with a shared store any process that stopped or died
+        left. Returns how many were re-queued."""
         requeued = 0
-        for job in self.store.unfinished():
+        for job in self.store.claim_unfinished():
             inputs = self.store.load_inputs(job)
             if self.settings.interrupted_jobs == "fail" or inputs is None:
                 self.store.fail(job, Interrupted(job, requeued=False))
@@ -248,14 +251,14 @@ class StylizeService:
             await asyncio.sleep(0.05)
         self._draining = True
         pending = list(self._futures.values())
-        for job in self.store.unfinished():
+        for job in self.store.driving():
             job.cancel.set()
         for future in pending:
             future.cancel()  # queued: never starts; running: stops at the next step
         if pending:
             await asyncio.wait([asyncio.wrap_future(f) for f in pending], timeout=10)
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for job in self.store.unfinished():
+        for job in self.store.driving():
             self.store.requeue(job)
 
     def _progress_from_worker(
@@ -295,28 +298,32 @@ class StylizeService:
         result: StyleResult = future.result()
         try:
             data = await self.encoder.run(imaging.encode, result.image, fmt)
-            path = self.store.result_path(job, fmt.value)
-            await self.encoder.run(path.write_bytes, data)
+            await self.store.write_result(job, data, fmt.value)
         except Exception as write_error:
             log.exception("could not store the result of job %s", job.id)
             self.store.fail(job, _job_error(write_error))
             return
-        self.store.succeed(job, path=path, media_type=fmt.media_type, step=result.steps,
+        self.store.succeed(job, media_type=fmt.media_type, step=result.steps,
                            losses=_losses(result.losses), seconds=round(result.seconds, 3))
 
     def cancel(self, job: Job) -> None:
-        """Queued: dropped at once. Running: stops within one step and frees its memory."""
+        """Queued: dropped at once. Running: stops within one step and frees its memory.
+        A job another process drives (a shared store) is cancelled by that process."""
         if job.status.terminal:
+            return
+        if not self.store.drives(job):
+            self.store.request_cancel(job)
             return
         job.cancel.set()
         future = self._futures.get(job.id)
         if future is not None and future.cancel():
             self.store.cancelled(job)
 
-    def result(self, job: Job) -> tuple[Any, str]:
-        """(path, media type) of a succeeded job; JobFailed or JobNotFinished otherwise."""
-        if job.status is JobStatus.SUCCEEDED and job.result_path is not None:
-            return job.result_path, job.media_type or "application/octet-stream"
+    async def result(self, job: Job) -> tuple[bytes, str]:
+        """(image, media type) of a succeeded job; JobFailed or JobNotFinished otherwise."""
+        if job.status is JobStatus.SUCCEEDED:
+            return (await self.store.read_result(job),
+                    job.media_type or "application/octet-stream")
         if job.status is JobStatus.FAILED and job.error is not None:
             raise JobFailed(job)
         if job.interrupted:

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Header, Request, Response, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import Field
 
@@ -95,12 +95,12 @@ async def stylize(
     except ClientDisconnected:
         service.cancel(job)
         raise
-    return _result_response(service, job)
+    return await _result_response(service, job)
 
 
-def _result_response(service: StylizeDep, job: Job) -> Response:
-    path, media_type = service.result(job)
-    return FileResponse(path, media_type=media_type, headers={"X-Job-Id": job.id})
+async def _result_response(service: StylizeDep, job: Job) -> Response:
+    image, media_type = await service.result(job)
+    return Response(image, media_type=media_type, headers={"X-Job-Id": job.id})
 
 
 @router.get("/jobs/{job_id}", summary="A job's status", response_model=JobDocument,
@@ -138,7 +138,7 @@ async def job_events(
 )
 async def job_result(job: JobDep, service: StylizeDep) -> Response:
     """The stylized image; 409 while the job is queued or running."""
-    return _result_response(service, job)
+    return await _result_response(service, job)
 
 
 @router.delete("/jobs/{job_id}", summary="Cancel a job", response_model=JobDocument,
