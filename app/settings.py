@@ -190,7 +190,7 @@ class Settings(BaseSettings):
         " fractions share a GPU); -1: 1 when the cluster has GPUs, else 0.",
     )
     ray_engine_resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources each engine replica needs,"
+        {}, description="Custom Ray resources each engine replica needs,"
         " as JSON (`{\"gpu_node\": 1}`): pins engines to nodes started with"
         " `ray start --resources`.",
     )
