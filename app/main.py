@@ -30,6 +30,7 @@ from app.services.warmup import style_warmup
 from app.settings import Settings
 
 log = logging.getLogger("atelier")
+ORPHAN_SCAN_S = 5.0  # the driver heartbeat expires after 10 s
 
 DESCRIPTION = """
 Image generation on an async GPU worker pool.
@@ -47,6 +48,20 @@ async def _purge_expired_jobs(store: JobStore, ttl_s: float) -> None:
     while True:
         await asyncio.sleep(min(30.0, max(0.05, ttl_s / 4)))
         store.purge_expired()
+
+
+async def _adopt_orphaned_jobs(stylize: StylizeService) -> None:
+    """With a shared store, jobs another server gave back or left when it died (its
+    heartbeat expired) are run here, not only when some server starts."""
+    while True:
+        await asyncio.sleep(ORPHAN_SCAN_S)
+        try:
+            adopted = await stylize.adopt_orphans()
+        except Exception:  # the store is unreachable: try again at the next scan
+            log.exception("could not scan for orphaned jobs")
+            continue
+        if adopted:
+            log.info("adopted orphaned jobs", extra={"fields": {"jobs": adopted}})
 
 
 def _with_model_examples(
@@ -104,13 +119,15 @@ def create_app(
         stylize = StylizeService(catalog, pool, encoder, store, settings, decoder=decoder)
         app.state.stylize = stylize
         resumed = await stylize.resume_unfinished()
-        janitor = asyncio.create_task(_purge_expired_jobs(store, settings.job_ttl_s))
+        janitors = [asyncio.create_task(_purge_expired_jobs(store, settings.job_ttl_s)),
+                    asyncio.create_task(_adopt_orphaned_jobs(stylize))]
         log.info("ready", extra={"fields": {"workers": pool.describe(), "jobs": len(store),
                                             "jobs_resumed": resumed}})
         try:
             yield
         finally:
-            janitor.cancel()
+            for janitor in janitors:
+                janitor.cancel()
             # Served by app.serving, the drain already ran when the signal came; otherwise
             # (tests, other servers) unfinished jobs are re-queued for the next start here.
             await stylize.drain(0)

@@ -145,6 +145,7 @@ class StylizeService:
         # asyncio keeps only weak references to tasks: hold the running ones here.
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._closing = False  # drain() has begun: no job is taken on any more
 
     def resolve(self) -> Manifest:
         return require_model(self.catalog, self.settings.style_model, "vgg")
@@ -240,10 +241,18 @@ class StylizeService:
                 self.store.fail(job, exc)
         return requeued
 
+    async def adopt_orphans(self) -> int:
+        """While serving: run the jobs a stopped or dead process left (with a shared store;
+        the embedded one has none at run time). Returns how many were re-queued."""
+        if self._closing:
+            return 0
+        return await self.resume_unfinished()
+
     async def drain(self, grace_s: float) -> None:
         """Shutdown: running jobs get until `grace_s` to finish; then they (and the queued
         ones) stop within a step and go back to the queue for the next start, and their
         followers get a final `interrupted` event."""
+        self._closing = True
         self.pool.close()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace_s
