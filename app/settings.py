@@ -91,11 +91,12 @@ class Settings(BaseSettings):
         description="Style jobs of one output size optimised together (0: 8 on GPUs, 1 on CPU).",
     )
     style_bucket_px: int = Field(
-        0, ge=0, description="Shape buckets: the short side of a style job's compute shape is"
-        " padded up to a multiple of this many pixels (and the result cropped back), so jobs of"
-        " similar aspect ratios share one shape, one batch and the device's tuned kernels; 0:"
-        " every job at its natural shape. Off by default: at 128 px on the CPU the padding"
-        " cost 10-110% of textbook loss (bench/buckets.py); its cost at 512 px is unmeasured.",
+        -1, ge=-1, description="Shape buckets: the short side of a style job's compute shape is"
+        " padded up to a multiple of this many pixels (activations masked to the job's own"
+        " region at every layer, the result cropped back), so jobs of similar aspect ratios"
+        " share one shape, one batch and the device's tuned kernels; 0: every job at its"
+        " natural shape; -1 (auto): 64 on GPUs, 0 on the CPU (no kernel tuning to share there,"
+        " and padding costs compute).",
     )
     style_warmup: Literal["auto", "on", "off"] = Field(
         "auto", description="Before /readyz says ready, run every bucket shape of"
@@ -224,7 +225,9 @@ class Settings(BaseSettings):
         return any(d.startswith("cuda") for d in self.device_list())
 
     def style_buckets(self) -> int:
-        return self.style_bucket_px
+        if self.style_bucket_px >= 0:
+            return self.style_bucket_px
+        return 64 if self.on_gpu() else 0
 
     def style_warmup_on(self) -> bool:
         return self.style_warmup == "on" or (self.style_warmup == "auto" and self.on_gpu())
