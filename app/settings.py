@@ -196,8 +196,8 @@ class Settings(BaseSettings):
         " `ray start --resources`.",
     )
     ray_max_replicas_per_node: int = Field(
-        0, ge=0, description="Most replicas of one engine deployment on one node; 0: no"
-        " limit (1 spreads the replicas over the nodes).",
+        0, ge=0, description="Most replicas of one deployment (ingress or engine) on one"
+        " node; 0: no limit (1 spreads the replicas over the nodes).",
     )
     ray_max_ongoing_requests: int = Field(
         64, ge=1, description="Requests one engine replica works on at once (its pool"

@@ -44,7 +44,9 @@ def cluster() -> Iterator[RayCluster]:
 
 def ray_settings(cluster: RayCluster, **overrides: Any) -> Any:
     values: dict[str, Any] = {
-        "backend": "ray", "ray_address": cluster.address, "ray_proxy_location": "HeadOnly",
+        # A proxy on each node, both on one port (SO_REUSEPORT: the kernel spreads the
+        # connections), each routing to the replicas of its own node first.
+        "backend": "ray", "ray_address": cluster.address, "ray_proxy_location": "EveryNode",
         "ray_engine_replicas": 2, "ray_max_replicas_per_node": 1, "default_size": 48,
         "default_steps": 8, "progress_every": 2, "shutdown_grace_s": 2}
     return make_settings(**(values | overrides))
@@ -56,11 +58,76 @@ def serve_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def deployed(cluster: RayCluster, real_catalog: object, serve_port: int) -> Iterator[str]:
+def job_store(redis_server: Any) -> str:
+    return f"{redis_server.url.rsplit('/', 1)[0]}/7"  # a database of its own
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: RayCluster, real_catalog: object, serve_port: int,
+             job_store: str) -> Iterator[str]:
     from app.distributed.serving import deploy
 
-    deploy(ray_settings(cluster, port=serve_port))
+    # Two ingress replicas sharing jobs through Redis; two engine replicas of each kind,
+    # one per node.
+    deploy(ray_settings(cluster, port=serve_port, ray_ingress_replicas=2,
+                        job_store_url=job_store))
     yield f"http://127.0.0.1:{serve_port}"
+
+
+def served_by(response: httpx.Response) -> tuple[str, str | None]:
+    """(ingress replica, engine node) from X-Served-By."""
+    ingress, _, engine = response.headers["x-served-by"].partition("; engine ")
+    node = engine.rsplit(" on node ", 1)[1] if engine else None
+    return ingress, node
+
+
+def test_requests_land_on_engine_replicas_on_both_nodes_and_on_both_ingress_replicas(
+        deployed: str, cluster: RayCluster) -> None:
+    answers = [httpx.post(f"{deployed}/generate", json={"seed": i}, timeout=60)
+               for i in range(40)]
+    assert all(a.status_code == 200 for a in answers)
+    places = [served_by(a) for a in answers]
+    engine_nodes = {node for _, node in places}
+    if not ray.is_initialized():
+        ray.init(address=cluster.address)
+    nodes = {n["NodeID"][:12]: n["Resources"] for n in ray.nodes() if n["Alive"]}
+    # One generate-engine replica per node (ATELIER_RAY_MAX_REPLICAS_PER_NODE=1), and the
+    # requests reached both: the head node and the second node, each told by its resource.
+    assert engine_nodes == set(nodes), (engine_nodes, nodes)
+    assert {"head_node", "second_node"} == {
+        r for node in engine_nodes for r in nodes[node] if r.endswith("_node")}
+    assert len({ingress for ingress, _ in places}) == 2
+
+
+def test_a_job_accepted_by_one_ingress_replica_is_followed_and_fetched_through_another(
+        deployed: str) -> None:
+    created = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+                         data={"size": "32", "steps": "6"}, timeout=60)
+    assert created.status_code == 202, created.text
+    job_id, accepted_by = created.json()["id"], served_by(created)[0]
+    # Each new connection may reach the other node's proxy, which routes to its own node's
+    # ingress replica: follow the job on a connection that reached the other one.
+    for _ in range(50):
+        client = httpx.Client(base_url=deployed, timeout=60)
+        if served_by(client.get(f"/jobs/{job_id}"))[0] != accepted_by:
+            break
+        client.close()
+    else:
+        raise AssertionError("every connection went to the replica that accepted the job")
+    try:  # the same connection, so the same proxy and (its node's) ingress replica
+        events = read_events(client, f"/jobs/{job_id}/events")
+    finally:
+        client.close()
+    assert events[-1].event == "succeeded"
+    fetched = {}
+    for _ in range(50):
+        result = httpx.get(f"{deployed}/jobs/{job_id}/result", timeout=60)
+        fetched[served_by(result)[0]] = (result.status_code, result.content)
+        if len(fetched) == 2:
+            break
+    assert len(fetched) == 2, "the result was not fetched through both replicas"
+    (status_a, image_a), (status_b, image_b) = fetched.values()
+    assert status_a == status_b == 200 and image_a == image_b
 
 
 def job_document(url: str, job_id: str) -> dict[str, Any]:

@@ -54,11 +54,12 @@ def _replica_name() -> str:
 
 
 class ServedBy:
-    """`X-Served-By` on every response: which ingress replica (and node) answered, for
-    operators following a request through the cluster."""
+    """`X-Served-By` on every response: which ingress replica (and node) answered and, for
+    work an engine ran, which engine replica's device: for operators following a request
+    through the cluster. The engine's place is the `device` the route logs."""
 
     def __init__(self, app: ASGIApp, name: str) -> None:
-        self.app, self.header = app, (b"x-served-by", name.encode())
+        self.app, self.name = app, name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +68,12 @@ class ServedBy:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), self.header]
+                served_by = self.name
+                engine = scope.get("state", {}).get("log_fields", {}).get("device")
+                if engine:
+                    served_by += f"; engine {engine}"
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-served-by", served_by.encode())]
             await send(message)
 
         await self.app(scope, receive, send_with_header)
@@ -113,12 +119,15 @@ def application(settings: Settings) -> serve.Application:
             values, [lane])
         for lane in (GENERATE_LANE, STYLIZE_LANE)
     }
+    spread = ({"max_replicas_per_node": settings.ray_max_replicas_per_node}
+              if settings.ray_max_replicas_per_node else {})
     ingress = serve.deployment(
         name="ingress", num_replicas=settings.ray_ingress_replicas,
         ray_actor_options={"num_cpus": REPLICA_CPUS},
         # The app bounds its own work (queues, job limits): Serve only spreads requests.
         max_ongoing_requests=1024,
         graceful_shutdown_timeout_s=settings.shutdown_grace_s + 5,
+        **spread,
     )(Ingress)
     app: serve.Application = ingress.bind(values, engines)
     return app
