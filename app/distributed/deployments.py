@@ -119,16 +119,16 @@ def application(settings: Settings) -> serve.Application:
             values, [lane])
         for lane in (GENERATE_LANE, STYLIZE_LANE)
     }
-    spread = ({"max_replicas_per_node": settings.ray_max_replicas_per_node}
-              if settings.ray_max_replicas_per_node else {})
-    ingress = serve.deployment(
-        name="ingress", num_replicas=settings.ray_ingress_replicas,
-        ray_actor_options={"num_cpus": REPLICA_CPUS},
+    options: dict[str, Any] = {
+        "name": "ingress", "num_replicas": settings.ray_ingress_replicas,
+        "ray_actor_options": {"num_cpus": REPLICA_CPUS},
         # The app bounds its own work (queues, job limits): Serve only spreads requests.
-        max_ongoing_requests=1024,
-        graceful_shutdown_timeout_s=settings.shutdown_grace_s + 5,
-        **spread,
-    )(Ingress)
+        "max_ongoing_requests": 1024,
+        "graceful_shutdown_timeout_s": settings.shutdown_grace_s + 5,
+    }
+    if settings.ray_max_replicas_per_node:
+        options["max_replicas_per_node"] = settings.ray_max_replicas_per_node
+    ingress = serve.deployment(**options)(Ingress)
     app: serve.Application = ingress.bind(values, engines)
     return app
 
