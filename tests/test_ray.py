@@ -182,6 +182,21 @@ def test_cancelling_a_job_reaches_the_replica_that_runs_it(deployed: str) -> Non
     assert quick.status_code == 200, quick.text
 
 
+def test_a_synchronous_client_that_hangs_up_cancels_its_job_on_the_replica(
+        deployed: str, job_store: str) -> None:
+    import redis
+
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
+        httpx.post(f"{deployed}/stylize", files=files(), data={"size": "48", "steps": "2000"},
+                   timeout=httpx.Timeout(60, read=4))
+    with redis.Redis.from_url(job_store) as client:
+        (newest,) = client.zrange("atelier:jobs", -1, -1)
+    job_id = newest.decode()
+    wait_for(lambda: job_document(deployed, job_id)["status"] == "canceled", 30,
+             "the abandoned job to be cancelled")
+    assert job_document(deployed, job_id)["step"] < 2000
+
+
 def _replica_actor_names(deployment: str) -> list[str]:
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
             if "SERVE_REPLICA" in a["name"] and f"#{deployment}#" in a["name"]]
