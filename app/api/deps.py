@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
 
 from app.api import security
 from app.catalog import Catalog
@@ -51,26 +51,44 @@ GenerationDep = Annotated[GenerationService, Depends(get_generation)]
 StylizeDep = Annotated[StylizeService, Depends(get_stylize)]
 
 
-async def request_timeout(
-    settings: SettingsDep,
-    x_request_timeout: Annotated[
-        str | None,
-        Header(
-            description="Seconds this request may take before it is answered 504"
-            " (default `ATELIER_REQUEST_TIMEOUT_S`, at most `ATELIER_MAX_REQUEST_TIMEOUT_S`).",
-            examples=["10"],
-        ),
-    ] = None,
-) -> float:
-    if x_request_timeout is None:
+def header_parameter(name: str, description: str, example: str) -> dict[str, Any]:
+    """An optional string header in a route's `openapi_extra`, documented exactly as FastAPI
+    documents a `Header()` parameter of type `str | None`, for the hot routes that read
+    their headers themselves: FastAPI's `Header` and `Depends` parameters cost /generate
+    about 60 µs per request (bench/generate.py with the null generator)."""
+    return {
+        "name": name.lower(), "in": "header", "required": False, "description": description,
+        "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": name,
+                   "description": description, "examples": [example]},
+    }
+
+
+REQUEST_TIMEOUT_HEADER = "X-Request-Timeout"
+# Routes that take `TimeoutDep` list this in `openapi_extra={"parameters": [...]}`.
+REQUEST_TIMEOUT_PARAMETER = header_parameter(
+    REQUEST_TIMEOUT_HEADER,
+    "Seconds this request may take before it is answered 504"
+    " (default `ATELIER_REQUEST_TIMEOUT_S`, at most `ATELIER_MAX_REQUEST_TIMEOUT_S`).",
+    "10",
+)
+
+
+async def request_timeout(request: Request) -> float:
+    """The request's deadline in seconds: its `X-Request-Timeout` header, else the default.
+
+    A dependency, so that a bad header is refused before the body is validated."""
+    settings: Settings = request.app.state.settings
+    value = request.headers.get(REQUEST_TIMEOUT_HEADER)
+    if value is None:
         return settings.request_timeout_s
     try:
-        timeout = float(x_request_timeout)
+        timeout = float(value)
     except ValueError:
-        raise InvalidField("X-Request-Timeout", "must be a number of seconds") from None
+        raise InvalidField(REQUEST_TIMEOUT_HEADER, "must be a number of seconds") from None
     if not 0 < timeout <= settings.max_request_timeout_s:
         raise InvalidField(
-            "X-Request-Timeout", f"must be > 0 and <= {settings.max_request_timeout_s:g} seconds"
+            REQUEST_TIMEOUT_HEADER,
+            f"must be > 0 and <= {settings.max_request_timeout_s:g} seconds",
         )
     return timeout
 

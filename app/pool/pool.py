@@ -203,6 +203,20 @@ class Worker:
                 log.warning("out of memory on %s: retrying in chunks of %d", self.device, chunk)
 
 
+def _copy_outcome(done: concurrent.futures.Future[Any], outcome: asyncio.Future[Any]) -> None:
+    """On the event loop: the worker's result or exception into the awaited future."""
+    if outcome.cancelled():
+        return
+    if done.cancelled():
+        outcome.cancel()
+        return
+    error = done.exception()
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(done.result())
+
+
 @dataclass(frozen=True)
 class Lane:
     """A queue with its own workers on every device (for instance, one per kind of work)."""
@@ -323,11 +337,27 @@ class WorkerPool:
         """Submit and await. Cancelling the caller cancels the item if it has not started."""
         if timeout_s is not None:
             item.deadline = time.monotonic() + timeout_s
-        future = asyncio.wrap_future(self.submit(item))
+        loop = asyncio.get_running_loop()
+        future = self.submit(item)
+        # The worker's thread hands the outcome to the loop with one `call_soon_threadsafe`,
+        # straight into the future this coroutine awaits: `asyncio.wrap_future` and
+        # `asyncio.wait_for` added two futures, three callbacks and a loop turn per request.
+        outcome: asyncio.Future[Any] = loop.create_future()
+
+        def hand_over(done: concurrent.futures.Future[Any]) -> None:  # on the worker's thread
+            if outcome.cancelled() and loop.is_closed():
+                return  # the caller gave up and its loop is gone (as `wrap_future` does)
+            loop.call_soon_threadsafe(_copy_outcome, done, outcome)
+
+        future.add_done_callback(hand_over)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                return await outcome
         except TimeoutError as exc:
             raise DeadlineExceeded(timeout_s) from exc
+        finally:
+            if outcome.cancelled():  # the caller left or the deadline passed
+                future.cancel()  # frees its queue slot at once unless a worker has it
 
     # health
     @property
