@@ -55,7 +55,7 @@ def header_parameter(name: str, description: str, example: str) -> dict[str, Any
     """An optional string header in a route's `openapi_extra`, documented exactly as FastAPI
     documents a `Header()` parameter of type `str | None`, for the hot routes that read
     their headers themselves: FastAPI's `Header` and `Depends` parameters cost /generate
-    about 60 µs per request (bench/generate.py with the null generator)."""
+    45-60 µs per request (bench/RESULTS.md, null generator)."""
     return {
         "name": name.lower(), "in": "header", "required": False, "description": description,
         "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "title": name,
