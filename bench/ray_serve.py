@@ -85,8 +85,8 @@ async def ray_rows(levels: list[int], args: argparse.Namespace) -> list[Result]:
     redis, redis_url = start_redis(folder)
     results: list[Result] = []
     try:
+        port = free_port()  # Serve's proxy keeps the port it started with
         for replicas in args.replicas:
-            port = free_port()
             settings = Settings(
                 backend="ray", ray_address=f"127.0.0.1:{head_port}", port=port,
                 ray_proxy_location="HeadOnly", ray_ingress_replicas=replicas,
@@ -94,9 +94,11 @@ async def ray_rows(levels: list[int], args: argparse.Namespace) -> list[Result]:
             deploy(settings)
             await wait_ready(port)
             results += await measure("ray", f"{replicas} ingress", port, levels, args)
+            if replicas == args.replicas[0]:
+                results.append(await engine_hop(settings, args))
             serve.delete(APP_NAME)
-            serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
         subprocess.run([RAY, "stop", "--force"], env=env, check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,6 +106,31 @@ async def ray_rows(levels: list[int], args: argparse.Namespace) -> list[Result]:
         redis.wait(10)
         shutil.rmtree(folder, ignore_errors=True)
     return results
+
+
+async def engine_hop(settings: Any, args: argparse.Namespace) -> Result:
+    """The engine deployment alone, called through a Serve handle from this process one
+    request at a time: the part of the Ray path's latency that is not HTTP or the app."""
+    from ray import serve
+
+    from app.distributed.deployments import APP_NAME
+    from app.engines import gan
+
+    handle = serve.get_deployment_handle("generate-engine", app_name=APP_NAME)
+    latents = gan.latents_for_seeds(1, 1, 100, None)
+    result = Result("ray", "engine handle only", 1)
+    for _ in range(20):
+        await handle.generate.remote(settings.default_model, latents, "")
+    started = time.perf_counter()
+    while result.requests < args.requests and time.perf_counter() - started < args.duration:
+        t0 = time.perf_counter()
+        status, _, _ = await handle.generate.remote(settings.default_model, latents, "")
+        result.latencies.append(time.perf_counter() - t0)
+        result.requests += 1
+        result.errors += status != "ok"
+    result.seconds = time.perf_counter() - started
+    print(result.row(), flush=True)
+    return result
 
 
 async def bench(args: argparse.Namespace) -> list[Result]:
