@@ -9,7 +9,6 @@ queue, every stream gets its final event and closes, and then uvicorn closes wha
 
 from __future__ import annotations
 
-import gc
 import socket
 from collections.abc import Awaitable, Callable
 from types import FrameType
@@ -20,6 +19,7 @@ from fastapi import FastAPI
 
 from app.api import security
 from app.main import create_app
+from app.process import tune_garbage_collector
 from app.settings import Settings
 
 # Seconds uvicorn still waits for connections after the app has drained: enough to flush
@@ -48,32 +48,6 @@ class Server(uvicorn.Server):
         # A requested stop that drains cleanly exits 0; uvicorn would re-raise the signal
         # after shutdown (exit 143). A second signal still forces the exit at once.
         self._captured_signals.clear()
-
-
-# Allocations (net of frees) of container objects between two young-generation collections;
-# CPython's default is 700.
-YOUNG_COLLECTION_THRESHOLD = 10_000
-
-
-def tune_garbage_collector() -> None:
-    """Once start-up is done: freeze what it built and collect young objects less often.
-
-    The process holds a few hundred thousand long-lived objects (torch, the models, the
-    app) and every full collection walked all of them, ~0.1 s each, set off every few
-    thousand requests. `gc.freeze` exempts them from collection for good (the garbage
-    start-up left is collected first; a frozen object that later ends up in a reference
-    cycle is never reclaimed, reference counting frees the rest). And with dozens of
-    requests in flight the count of live objects swings by more than the default 700,
-    setting off a young collection every few requests that walks every in-flight object,
-    although nearly all of them are freed by reference counting.
-
-    Together about 200 µs of CPU per /generate request (bench/generate.py, null
-    generator, concurrency 64): more than the rest of the app.
-    """
-    gc.collect()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def server_for(app: FastAPI, settings: Settings, **options: Any) -> Server:

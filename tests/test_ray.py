@@ -70,7 +70,10 @@ def deployed(cluster: RayCluster, real_catalog: object, serve_port: int,
     # Two ingress replicas sharing jobs through Redis; two engine replicas of each kind,
     # one per node.
     deploy(ray_settings(cluster, port=serve_port, ray_ingress_replicas=2,
-                        job_store_url=job_store))
+                        job_store_url=job_store,
+                        # One request per engine replica at a time (a CPU style worker runs
+                        # one job at a time anyway): two jobs run on two replicas.
+                        ray_max_ongoing_requests=1))
     yield f"http://127.0.0.1:{serve_port}"
 
 

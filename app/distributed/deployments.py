@@ -19,6 +19,7 @@ from app.catalog import Catalog
 from app.distributed.engine import EngineReplica
 from app.distributed.remote import RemotePool
 from app.pool import PoolMetrics
+from app.process import tune_garbage_collector
 from app.runtime import GENERATE_LANE, STYLIZE_LANE
 from app.settings import Settings
 
@@ -45,6 +46,7 @@ class Ingress:
 
         app = create_app(self.settings, pool_factory=remote_pool)
         app.add_middleware(ServedBy, name=_replica_name())
+        tune_garbage_collector()  # as app.serving does for a local server
         return app
 
 

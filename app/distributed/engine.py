@@ -16,6 +16,7 @@ from app.catalog import Catalog
 from app.distributed.wire import Problem, stats_dict
 from app.engines.style import StyleOptions
 from app.pool import WorkerPool
+from app.process import tune_garbage_collector
 from app.runtime import STYLIZE_LANE, GenerateWork, StylizeWork, build_pool
 from app.services.warmup import style_warmup
 from app.settings import Settings
@@ -40,6 +41,7 @@ class EngineReplica:
             self.settings, catalog, lanes=lanes,
             style_warmup=style_warmup(self.settings, catalog) if STYLIZE_LANE in lanes else None)
         self.pool.start()
+        tune_garbage_collector()  # the models are loaded: freeze them out of the GC's walks
         log.info("engine replica ready", extra={"fields": {"lanes": lanes, "where": self.where}})
 
     async def generate(self, model: str, latents: torch.Tensor,
