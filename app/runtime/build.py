@@ -11,6 +11,8 @@ from app.runtime.device import DeviceRuntime
 from app.runtime.work import GENERATE_LANE, STYLIZE_LANE
 from app.settings import Settings
 
+MODEL_KIND = {GENERATE_LANE: "gan", STYLIZE_LANE: "vgg"}  # the models each lane runs
+
 
 def lanes_for(settings: Settings, names: Sequence[str]) -> list[Lane]:
     every = {
@@ -42,9 +44,14 @@ def build_pool(
     `style_warmup`: the options of a default style job, whose bucket shapes every device
     runs once while the pool starts (ATELIER_STYLE_WARMUP).
     """
+    # A pool without the style lane (a Ray generate-engine replica) holds no VGG19, and
+    # one without the generate lane no GAN.
+    kinds = frozenset(MODEL_KIND[lane] for lane in lanes)
+
     def runtime(device: str) -> Executor:
         return DeviceRuntime(device, catalog, torch_threads=settings.torch_threads,
-                             warmup=style_warmup, warmup_batch=settings.style_batch())
+                             warmup=style_warmup, warmup_batch=settings.style_batch(),
+                             kinds=kinds)
 
     return WorkerPool(
         settings.device_list(),

@@ -24,7 +24,10 @@ log = logging.getLogger("atelier.runtime")
 
 class DeviceRuntime:
     def __init__(self, device: str, catalog: Catalog, *, torch_threads: int = 0,
-                 warmup: style.StyleOptions | None = None, warmup_batch: int = 1) -> None:
+                 warmup: style.StyleOptions | None = None, warmup_batch: int = 1,
+                 kinds: frozenset[str] | None = None) -> None:
+        """`kinds`: the model kinds loaded at start-up (those of the pool's lanes; None:
+        all). Others still load on first use."""
         self.device = torch.device(device)
         self.catalog = catalog
         self.torch_threads = torch_threads
@@ -37,6 +40,7 @@ class DeviceRuntime:
         # Continuous style batches belong to the worker thread that steps them.
         self._loops = threading.local()
         self.warmup, self.warmup_batch = warmup, warmup_batch
+        self.kinds = kinds
 
     def load(self) -> None:
         if self.device.type == "cpu" and self.torch_threads:
@@ -51,7 +55,8 @@ class DeviceRuntime:
             if self._loaded:
                 return
             for entry in self.catalog.entries():
-                if entry.status is ModelStatus.AVAILABLE:
+                if entry.status is ModelStatus.AVAILABLE and (
+                        self.kinds is None or entry.manifest.kind in self.kinds):
                     self._load_model(entry.name)
             if self.warmup is not None:
                 self._warm_up(self.warmup)
