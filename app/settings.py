@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         16 * 1024, ge=1024, description="Largest request head (request line and headers); 431"
         " beyond.",
     )
+    head_timeout_s: float = Field(
+        20.0, gt=0, description="Seconds a request line and its headers may take to arrive"
+        " (408 beyond, and the connection closes): slow-loris clients cannot hold"
+        " connections open.",
+    )
     api_keys: str = Field(
         "", description="Comma-separated API keys; when set (or `ATELIER_API_KEYS_FILE` is),"
         " every API request needs `Authorization: Bearer <key>` and a job is visible only to"

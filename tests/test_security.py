@@ -9,6 +9,7 @@ import logging
 import select
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
@@ -287,6 +288,60 @@ def test_pipelined_requests_are_not_counted_as_one_head(tmp_path: Path) -> None:
                              request * 99 + request.replace(b"\r\n\r\n",
                                                             b"\r\nConnection: close\r\n\r\n"))
     assert answer.count(b"HTTP/1.1 200 ") == 100 and b" 431 " not in answer
+
+
+# ---- the request head: 408 (slow-loris) ------------------------------------------------------
+
+
+def trickle(port: int, pieces: list[bytes], pause_s: float) -> tuple[bytes, float]:
+    """Send `pieces` `pause_s` apart (as long as the server listens); (answer, seconds until
+    the server closed)."""
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            for piece in pieces:
+                if select.select([raw], [], [], pause_s)[0]:
+                    break  # the server answered (and closes)
+                raw.sendall(piece)
+            while data := raw.recv(65536):
+                answer += data
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+    return answer, time.monotonic() - started
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_head_sent_a_byte_at_a_time_is_cut_off_with_a_408_problem(
+    tmp_path: Path, http: Literal["httptools", "h11"],
+) -> None:
+    head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
+    with GuardedServer(stub_app(tmp_path, head_timeout_s=1.0), http) as server:
+        answer, seconds = trickle(server.port, [bytes([b]) for b in head], 0.1)
+        silent, silent_seconds = trickle(server.port, [], 0)  # connects and says nothing
+        with server.client() as client:
+            assert client.get("/healthz").status_code == 200  # others are served
+    for text, took in ((answer, seconds), (silent, silent_seconds)):
+        assert text.startswith(b"HTTP/1.1 408 "), text[:200]
+        assert b"application/problem+json" in text and b"request-timeout" in text
+        assert 0.9 < took < 5
+    # The problem names as much of the path as had arrived.
+    instance = json.loads(answer.partition(b"\r\n\r\n")[2])["instance"]
+    assert instance and "/healthz".startswith(instance)
+
+
+def test_each_request_on_a_kept_alive_connection_gets_its_own_head_time(
+        tmp_path: Path) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    answers = []
+    with GuardedServer(stub_app(tmp_path, head_timeout_s=1.0), "httptools") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        # Three prompt requests 0.6 s apart: 1.8 s on one connection, each head in time.
+        for _ in range(3):
+            raw.sendall(request)
+            answers.append(raw.recv(65536))
+            time.sleep(0.6)
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers
 
 
 # ---- API keys -----------------------------------------------------------------------------

@@ -75,6 +75,15 @@ class CorsRefused(AtelierError):
     title = "CORS request refused"
 
 
+class HeadTimeout(AtelierError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request head too slow"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"the request line and headers did not arrive within {timeout_s:g} s")
+
+
 class HeaderTooLarge(AtelierError):
     status = 431
     slug = "header-too-large"
@@ -473,12 +482,40 @@ class _HeadLimit(asyncio.Protocol):
     arrived whole."""
 
     max_head_bytes: ClassVar[int] = 16 * 1024
+    # Slow-loris: a request head (or a new connection's first one) must arrive whole within
+    # this many seconds; uvicorn only times out idle kept-alive connections.
+    head_timeout_s: ClassVar[float] = 20.0
     transport: asyncio.Transport
 
     _head_bytes = 0
     _head_start = b""
     _refused = False
     _drained = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        self._stop_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(
+            self.head_timeout_s, self._head_too_slow)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self._refused or self.transport.is_closing() or not self._head_open():
+            return
+        self._refuse(HeadTimeout(self.head_timeout_s), "408 Request Timeout")
 
     def _head_open(self) -> bool:  # pragma: no cover - overridden
         raise NotImplementedError
@@ -497,13 +534,17 @@ class _HeadLimit(asyncio.Protocol):
             return
         if marker is not self._head_marker() or not self._head_open():
             # A head was completed (the bytes of one begun in the same chunk go uncounted).
-            self._head_bytes = 0
+            self._head_bytes, self._head_start = 0, b""
+            self._stop_head_timer()
         elif was_open:
-            if not self._head_bytes:
-                self._head_start = data[:1024]
+            if not self._head_bytes and self._head_timer is None:
+                self._start_head_timer()  # the next head on a kept-alive connection
+            if len(self._head_start) < 1024:  # enough to name the request when refusing it
+                self._head_start += data[:1024 - len(self._head_start)]
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                self._refuse()
+                self._refuse(HeaderTooLarge(self.max_head_bytes),
+                             "431 Request Header Fields Too Large")
 
     def eof_received(self) -> None:
         if self._refused:
@@ -528,22 +569,22 @@ class _HeadLimit(asyncio.Protocol):
         if self._drained > LINGER_BYTES:
             self.transport.close()
 
-    def _refuse(self) -> None:
+    def _refuse(self, error: AtelierError, status_line: str) -> None:
         self._refused = True
+        self._stop_head_timer()
         request_line = self._head_start.split(b"\r\n", 1)[0].decode("latin-1")
         method, _, rest = request_line.partition(" ")
         target = rest.rpartition(" ")[0] if " HTTP/" in rest else rest
         path = target.partition("?")[0][:256]
         request_id = uuid.uuid4().hex
-        error = HeaderTooLarge(self.max_head_bytes)
         body = problem_bytes(error, path, request_id)
-        head = (f"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+        head = (f"HTTP/1.1 {status_line}\r\n"
                 f"content-type: {PROBLEM_JSON}\r\ncontent-length: {len(body)}\r\n"
                 f"x-request-id: {request_id}\r\nconnection: close\r\n\r\n").encode()
         self.transport.write(head + body)
         log.info("request", extra={"fields": {
-            "request_id": request_id, "method": method[:16], "path": path, "status": 431,
-            "duration_ms": 0.0, "head_bytes": self._head_bytes}})
+            "request_id": request_id, "method": method[:16], "path": path,
+            "status": error.status, "duration_ms": 0.0, "head_bytes": self._head_bytes}})
         # Half-close and read on for a while before closing: closing with unread input
         # makes the kernel send a reset that can destroy the answer before it is read.
         if self.transport.can_write_eof():
@@ -551,7 +592,7 @@ class _HeadLimit(asyncio.Protocol):
         asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
 
 
-def _protocol_classes(max_head_bytes: int,
+def _protocol_classes(max_head_bytes: int, head_timeout_s: float,
                       http: Literal["auto", "httptools", "h11"]) -> type[asyncio.Protocol]:
     use_httptools = http == "httptools"
     if http == "auto":
@@ -584,6 +625,7 @@ def _protocol_classes(max_head_bytes: int,
                 self._open = True
 
         HeadLimitHttpTools.max_head_bytes = max_head_bytes
+        HeadLimitHttpTools.head_timeout_s = head_timeout_s
         return HeadLimitHttpTools
 
     import h11
@@ -597,17 +639,19 @@ def _protocol_classes(max_head_bytes: int,
             return self.headers  # a new list for every request head h11 parses
 
     HeadLimitH11.max_head_bytes = max_head_bytes
+    HeadLimitH11.head_timeout_s = head_timeout_s
     return HeadLimitH11
 
 
 def uvicorn_options(settings: Settings,
                     http: Literal["auto", "httptools", "h11"] = "auto") -> dict[str, Any]:
     """Keyword arguments for `uvicorn.run`/`uvicorn.Config` that bound the request head at
-    the socket: `max_header_bytes`, answered 431 problem+json, on either HTTP
-    implementation. (h11's own `h11_max_incomplete_event_size` stays as a backstop, set
-    above ours so that ours answers first.)"""
+    the socket: `max_header_bytes`, answered 431 problem+json, and `head_timeout_s`,
+    answered 408 problem+json, on either HTTP implementation. (h11's own
+    `h11_max_incomplete_event_size` stays as a backstop, set above ours so that ours answers
+    first.)"""
     return {
-        "http": _protocol_classes(settings.max_header_bytes, http),
+        "http": _protocol_classes(settings.max_header_bytes, settings.head_timeout_s, http),
         "h11_max_incomplete_event_size": settings.max_header_bytes + (1 << 20),
     }
 
