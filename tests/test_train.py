@@ -353,6 +353,16 @@ def test_a_trained_model_is_served_after_a_reload(tmp_path: Path) -> None:
         again = client.post("/generate", json={"model": "faces-tiny", "seed": 7})
         assert again.content == response.content  # a seed is an image, as for any model
 
+        # Retrained under the same name: after a reload the new weights are served.
+        assert train(settings, "--data", str(tmp_path / "data"), "--name", "faces-tiny",
+                     "--run-dir", str(tmp_path / "run2"), "--steps", "6", "--seed", "5",
+                     *TINY_ARGS) == 0
+        body = client.post("/models/reload").json()
+        assert body["changed"] == ["faces-tiny"] and body["reloaded_weights"] is True
+        retrained = client.post("/generate", json={"model": "faces-tiny", "seed": 7})
+        assert retrained.status_code == 200
+        assert retrained.content != response.content
+
         # Removed from disk + reloaded: gone from the catalog.
         (trained_dir(cache) / "faces-tiny.toml").unlink()
         assert client.post("/models/reload").json()["removed"] == ["faces-tiny"]

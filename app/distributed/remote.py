@@ -14,7 +14,7 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -150,6 +150,11 @@ class RemotePool:
     @property
     def healthy(self) -> bool:
         return not self._closed
+
+    def forget_models(self, names: Sequence[str]) -> bool:
+        """A handle reaches one replica per call, not each: engine replicas keep what they
+        loaded until they restart (`serve deploy` again, or a new replica)."""
+        return False
 
     def describe(self) -> list[dict[str, Any]]:
         return [{"name": f"{lane}-engine", "device": "ray", "lane": lane, "alive": True}

@@ -5,6 +5,7 @@ the backend."""
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from app.pool.metrics import PoolMetrics
@@ -34,3 +35,7 @@ class Pool(Protocol):
 
     def describe(self) -> list[dict[str, Any]]:
         """One entry per worker: name, device, lane, alive."""
+
+    def forget_models(self, names: Sequence[str]) -> bool:
+        """Drop loaded copies of these models, so that the next work loads them from disk
+        again (a model retrained under its name). False where the pool cannot."""

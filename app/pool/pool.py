@@ -364,6 +364,14 @@ class WorkerPool:
     def healthy(self) -> bool:
         return bool(self.workers) and all(w.alive for w in self.workers)
 
+    def forget_models(self, names: Sequence[str]) -> bool:
+        forgetting = {id(w.executor): w.executor for w in self.workers}.values()
+        for executor in forgetting:
+            forget = getattr(executor, "forget", None)
+            if forget is not None:
+                forget(names)
+        return True
+
     def describe(self) -> list[dict[str, Any]]:
         return [
             {"name": w.name, "device": w.device, "lane": w.scheduler.lane, "alive": w.alive}

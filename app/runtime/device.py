@@ -103,6 +103,17 @@ class DeviceRuntime:
                                        str(self.device))
         log.info("loaded %s on %s", name, self.device)
 
+    def forget(self, names: Sequence[str]) -> None:
+        """Drop these models; the next work that names one loads it from disk again. Work
+        already running keeps the copy it holds (a running style batch finishes with it)."""
+        with self._lock:
+            for name in names:
+                self.generators.pop(name, None)
+                if self.vggs.pop(name, None) is not None:
+                    self.spaces.pop(name, None)
+                    self.gram_cache.clear()  # Gram targets of the old weights
+        log.info("forgot %s on %s", ", ".join(names), self.device)
+
     def _model(self, models: dict[str, Any], name: str) -> Any:
         if name not in models:  # pulled after start-up: load it from disk now, once
             with self._lock:

@@ -46,8 +46,12 @@ class Reloaded(BaseModel):
     added: list[str] = Field(description="Models that were not in the catalog before.")
     removed: list[str] = Field(description="Models that are no longer in the catalog.")
     changed: list[str] = Field(
-        description="Models whose manifest changed. A worker that already loaded one of"
-        " these keeps serving the weights it loaded until the server restarts.")
+        description="Models whose manifest changed (for instance retrained under the same"
+        " name): the workers load them from disk again at their next use; work already"
+        " running finishes with the weights it started with.")
+    reloaded_weights: bool = Field(
+        description="Whether loaded copies of changed or removed models were dropped. False"
+        " on the ray backend: engine replicas keep theirs until they restart.")
     models: list[ModelInfo] = Field(description="The catalog now, as `GET /models` shows it.")
 
 
@@ -118,6 +122,7 @@ async def reload_models(_admin: AdminDep, catalog: CatalogDep, pool: PoolDep,
     # Checking weights may hash files (trained models): off the event loop, once; the
     # listing below then finds every available model cached.
     await asyncio.to_thread(catalog.entries)
+    forgotten = pool.forget_models([*changes.changed, *changes.removed])
     listing = await list_models(catalog, pool, settings)
     return Reloaded(added=changes.added, removed=changes.removed, changed=changes.changed,
-                    models=listing.models)
+                    reloaded_weights=forgotten, models=listing.models)

@@ -50,3 +50,9 @@ class GramCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.capacity:
                 self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every entry (the network's weights changed: keys hold its id, which a new
+        network may reuse)."""
+        with self._lock:
+            self._entries.clear()
