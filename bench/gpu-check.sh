@@ -66,14 +66,15 @@ fi
     echo "== the service: ${SIZE}px, ${STEPS} steps, 12 jobs over 6 aspect ratios; 1 client,"
     echo "   8 clients, open loop 0.3 jobs/s on one server; then the same jobs in-process"
     PYTHONUNBUFFERED=1 timeout -k 15 300 python3 bench/serve_stylize.py --size "$SIZE" \
-      --steps "$STEPS" --jobs 12 --concurrency 1,8 --rate 0.3 --one-server --ready-timeout 90 \
+      --steps "$STEPS" --jobs 12 --concurrency 1,8 --rate 0.3 --one-server --ready-timeout 150 \
       --job-timeout 90
   fi
   if [ -z "${QUICK:-}" ] && want serve1024; then
     echo "== the service: one 1024px job, ${STEPS} steps, cold then warm; then in-process"
+    echo "   (no start-up warm-up: it covers the default size, 512 px, not 1024)"
     PYTHONUNBUFFERED=1 timeout -k 15 110 python3 bench/serve_stylize.py --size 1024 \
       --steps "$STEPS" --jobs 2 --concurrency 1 --rate 0 --shapes 4:3 --inprocess seq \
-      --ready-timeout 60 --job-timeout 60
+      --ready-timeout 60 --job-timeout 60 --env ATELIER_STYLE_WARMUP=off
   fi
   if [ -z "${QUICK:-}" ] && want ray; then
     echo "== the ray backend: /generate with 1, 2, 4 ingress replicas (one GPU engine replica"

@@ -155,10 +155,9 @@ def anyio_backend() -> str:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real redis-server for the session (tests/redisserver.py, which imports this
     module: hence the import here)."""
-    from tests.redisserver import RedisServer, available
+    from tests.redisserver import RedisServer, require
 
-    if not available():
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    require()
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.conftest import free_port
@@ -16,6 +18,15 @@ BINARY = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 def available() -> bool:
     return Path(BINARY).is_file()
+
+
+def require() -> None:
+    """Skip without redis-server, unless ATELIER_REQUIRE_REDIS=1 (CI) makes that a failure."""
+    if available():
+        return
+    if os.environ.get("ATELIER_REQUIRE_REDIS") == "1":
+        pytest.fail(f"{BINARY} is missing; install Debian's redis-server package")
+    pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
 
 
 class RedisServer:

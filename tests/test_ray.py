@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import ray
 from PIL import Image
 
 from app.main import create_app
@@ -26,8 +27,6 @@ from tests.sse import read_events
 from tests.test_stylize_api import ASYNC, files
 
 pytestmark = pytest.mark.ray
-
-ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray import serve
 
+from app.distributed import deployments, serving
+from app.runtime import GENERATE_LANE, STYLIZE_LANE
 from app.settings import PROJECT_ROOT
 from tests.conftest import make_settings
-
-serve = pytest.importorskip("ray.serve")
-
-from app.distributed import deployments, serving  # noqa: E402
-from app.runtime import GENERATE_LANE, STYLIZE_LANE  # noqa: E402
 
 SERVE_YAML = Path(PROJECT_ROOT) / "deploy" / "serve.yaml"
 

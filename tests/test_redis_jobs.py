@@ -24,7 +24,7 @@ import redis
 from app.services.jobs import JobLimit, JobNotFound, JobStatus, JobStore, Losses
 from app.services.redisjobs import RedisJobStore
 from app.settings import PROJECT_ROOT
-from tests.redisserver import RedisServer, available
+from tests.redisserver import RedisServer, require
 
 LOSSES = Losses(content=1.0, style=2.0, tv=0.5, total=3.5)
 
@@ -267,8 +267,7 @@ def test_the_jobs_of_a_dead_process_are_claimed_once_and_a_live_ones_never(
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, to kill."""
-    if not available():
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    require()
     server = RedisServer(tmp_path / "redis").start()
     yield server
     server.stop()

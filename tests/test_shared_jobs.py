@@ -12,20 +12,9 @@ import pytest
 from app.main import create_app
 from tests.conftest import LiveServer, make_settings, wait_until
 from tests.sse import read_events
-
-DATA = Path(__file__).parent / "data"
-ASYNC = {"prefer": "respond-async"}
+from tests.test_durability import upload
 
 pytestmark = pytest.mark.slow
-
-
-def upload(**fields: Any) -> dict[str, Any]:
-    return {
-        "files": [("content", ("c.jpg", (DATA / "content.jpg").read_bytes(), "image/jpeg")),
-                  ("style", ("s.jpg", (DATA / "starry.jpg").read_bytes(), "image/jpeg"))],
-        "data": {k: str(v) for k, v in fields.items()},
-        "headers": ASYNC,
-    }
 
 
 def test_a_job_posted_to_one_server_is_followed_fetched_and_cancelled_through_another(

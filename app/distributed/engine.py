@@ -33,7 +33,6 @@ class EngineReplica:
         # Ray sets CUDA_VISIBLE_DEVICES to the GPUs this replica reserved: "cuda" is ours.
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.settings = Settings(**{**settings, "devices": device})
-        self.lanes = lanes
         node = ray.get_runtime_context().get_node_id()[:12]
         self.where = f"{device} on node {node}"
         catalog = Catalog(self.settings.catalog_dir, self.settings.model_dir)
@@ -90,9 +89,6 @@ class EngineReplica:
                 work.future.cancel()
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(asyncio.shield(done), 10)
-
-    def describe(self) -> list[dict[str, Any]]:
-        return [{**w, "device": self.where} for w in self.pool.describe()]
 
     def check_health(self) -> None:
         """Serve restarts a replica whose check fails (a worker that cannot come back)."""

@@ -48,7 +48,6 @@ class RemotePool:
         self.retry_after_s = retry_after_s
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._replicas: list[dict[str, Any]] = []
 
     # lifecycle
     def start(self, *, load_timeout_s: float | None = None) -> None:

@@ -22,7 +22,7 @@ class SettingsError(ValueError):
 
 
 def check(settings: Settings) -> None:
-    if settings.ray_ingress_replicas > 1 and not getattr(settings, "job_store_url", None):
+    if settings.ray_ingress_replicas > 1 and not settings.job_store_url:
         raise SettingsError(
             "ATELIER_RAY_INGRESS_REPLICAS > 1 needs ATELIER_JOB_STORE_URL=redis://...: each"
             " ingress replica must see the jobs the others created")

@@ -106,6 +106,8 @@ class DeviceRuntime:
     def forget(self, names: Sequence[str]) -> None:
         """Drop these models; the next work that names one loads it from disk again. Work
         already running keeps the copy it holds (a running style batch finishes with it)."""
+        if not names:
+            return
         with self._lock:
             for name in names:
                 self.generators.pop(name, None)

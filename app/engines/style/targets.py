@@ -148,16 +148,18 @@ def _masked_losses(
     grams: dict[str, torch.Tensor], options: StyleOptions, regions: Regions,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The losses of `batch_losses`, each over its row's region only."""
+    # The features are zero beyond each row's region (`features` masks them): sums over
+    # the whole map are sums over the region, divided by the region's own area.
     f = feats[options.content_layer].float()
-    mask, area = regions.mask(*f.shape[-2:])
-    content = ((f - content_target).pow(2) * mask).sum(dim=(1, 2, 3)) / (f.shape[1] * area)
+    _, area = regions.mask(*f.shape[-2:])
+    content = (f - content_target).pow(2).sum(dim=(1, 2, 3)) / (f.shape[1] * area)
     style = torch.zeros(x.shape[0], device=x.device)
     for layer in options.style_layers:
         f = feats[layer]
-        mask, area = regions.mask(*f.shape[-2:])
+        _, area = regions.mask(*f.shape[-2:])
         b, c = f.shape[:2]
         with torch.autocast(f.device.type, enabled=False):
-            flat = (f.float() * mask).reshape(b, c, -1)
+            flat = f.float().reshape(b, c, -1)
             g = torch.bmm(flat, flat.transpose(1, 2)) / (c * area)[:, None, None]
         style = style + (g - grams[layer]).pow(2).mean(dim=(1, 2))
     mask, _ = regions.mask(*x.shape[-2:])
