@@ -283,3 +283,60 @@ def test_finished_and_cancelled_work_is_freed_without_the_cyclic_collector(
         assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
+
+
+def test_an_admission_that_defers_the_wake_leaves_the_idle_worker_asleep() -> None:
+    """`admit(wake=False)` then `wake()`: the pool's event-loop path, so that the requests
+    of one loop turn meet the worker as one batch instead of waking it one by one."""
+    from app.pool.metrics import PoolMetrics
+    from app.pool.scheduler import Scheduler
+
+    scheduler = Scheduler(capacity=8, max_batch_images=8, batch_wait_s=0, retry_after_s=1,
+                          metrics=PoolMetrics())
+    batches: list[list[WorkItem] | None] = []
+    with concurrent.futures.ThreadPoolExecutor(1) as threads:
+        taken = threads.submit(lambda: batches.append(scheduler.next_batch(poll_s=30)))
+        wait_until(lambda: scheduler._idle_workers == 1)
+        first, second = Job(payload=1), Job(payload=2)
+        scheduler.admit(first, wake=False)
+        time.sleep(0.1)  # a woken worker would have taken `first` alone by now
+        assert not batches
+        scheduler.admit(second, wake=False)
+        scheduler.wake()
+        taken.result(5)
+    assert batches == [[first, second]]
+
+
+def test_requests_admitted_in_one_turn_of_the_event_loop_form_one_batch(
+        make_pool: PoolFactory) -> None:
+    executor = FakeExecutor()
+    pool = make_pool(executor, batch_wait_ms=0)
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(pool.run(Job(payload=i), timeout_s=5) for i in range(6)))
+
+    assert asyncio.run(burst()) == list(range(6))
+    assert [len(batch) for batch in executor.batches] == [6]
+
+
+def test_queue_gauges_read_the_queue_when_scraped(make_pool: PoolFactory) -> None:
+    from prometheus_client import generate_latest
+
+    executor = FakeExecutor()
+    executor.gate.clear()
+    pool = make_pool(executor, batch_wait_ms=0)
+
+    def gauge(name: str) -> float:
+        text = generate_latest(pool.metrics.registry).decode()
+        (line,) = [s for s in text.splitlines() if s.startswith(name + "{")]
+        return float(line.rsplit(" ", 1)[1])
+
+    running = pool.submit(Job(key="blocker"))
+    executor.started.wait(5)
+    waiting = [pool.submit(Job(payload=i)) for i in range(3)]
+    assert gauge("atelier_queue_length") == 3 and gauge("atelier_in_flight") == 4
+    executor.gate.set()
+    running.result(5)
+    assert [f.result(5) for f in waiting] == [0, 1, 2]
+    wait_until(lambda: gauge("atelier_in_flight") == 0)
+    assert gauge("atelier_queue_length") == 0

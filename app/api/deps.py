@@ -73,10 +73,8 @@ REQUEST_TIMEOUT_PARAMETER = header_parameter(
 )
 
 
-async def request_timeout(request: Request) -> float:
-    """The request's deadline in seconds: its `X-Request-Timeout` header, else the default.
-
-    A dependency, so that a bad header is refused before the body is validated."""
+def timeout_of(request: Request) -> float:
+    """The request's deadline in seconds: its `X-Request-Timeout` header, else the default."""
     settings: Settings = request.app.state.settings
     value = request.headers.get(REQUEST_TIMEOUT_HEADER)
     if value is None:
@@ -91,6 +89,11 @@ async def request_timeout(request: Request) -> float:
             f"must be > 0 and <= {settings.max_request_timeout_s:g} seconds",
         )
     return timeout
+
+
+async def request_timeout(request: Request) -> float:
+    """`timeout_of` as a dependency: a bad header is refused before the body is validated."""
+    return timeout_of(request)
 
 
 TimeoutDep = Annotated[float, Depends(request_timeout)]

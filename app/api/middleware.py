@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
-import uuid
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("atelier.access")
+
+
+def new_request_id() -> str:
+    """32 random hex digits, as `uuid4().hex` gives, at a tenth of its cost (no system
+    call): an id correlates log lines; it is no secret and grants nothing. `random`'s
+    generator is seeded from the OS and re-seeded in forked children."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class AccessLog:
@@ -45,7 +52,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id") or new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500

@@ -25,7 +25,6 @@ import hmac
 import ipaddress
 import logging
 import re
-import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,6 +35,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.middleware import new_request_id
 from app.api.problems import PROBLEM_JSON, HttpProblem, problem_bytes, problem_headers
 from app.errors import AtelierError
 from app.settings import Settings
@@ -555,7 +555,7 @@ class _HeadLimit(asyncio.Protocol):
     def send_400_response(self, msg: str) -> None:
         """A request the HTTP parser cannot read: problem+json like every other error
         (uvicorn answers these itself, in text/plain)."""
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         body = problem_bytes(HttpProblem(400, f"the HTTP request could not be parsed: {msg}"),
                              "", request_id)
         self.transport.write(
@@ -576,7 +576,7 @@ class _HeadLimit(asyncio.Protocol):
         method, _, rest = request_line.partition(" ")
         target = rest.rpartition(" ")[0] if " HTTP/" in rest else rest
         path = target.partition("?")[0][:256]
-        request_id = uuid.uuid4().hex
+        request_id = new_request_id()
         body = problem_bytes(error, path, request_id)
         head = (f"HTTP/1.1 {status_line}\r\n"
                 f"content-type: {PROBLEM_JSON}\r\ncontent-length: {len(body)}\r\n"

@@ -205,7 +205,7 @@ class Worker:
 
 def _copy_outcome(done: concurrent.futures.Future[Any], outcome: asyncio.Future[Any]) -> None:
     """On the event loop: the worker's result or exception into the awaited future."""
-    if outcome.cancelled():
+    if outcome.done():  # the caller left, or the deadline failed it first
         return
     if done.cancelled():
         outcome.cancel()
@@ -215,6 +215,11 @@ def _copy_outcome(done: concurrent.futures.Future[Any], outcome: asyncio.Future[
         outcome.set_exception(error)
     else:
         outcome.set_result(done.result())
+
+
+def _expire(outcome: asyncio.Future[Any], timeout_s: float) -> None:
+    if not outcome.done():
+        outcome.set_exception(DeadlineExceeded(timeout_s))
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,7 @@ class WorkerPool:
         self._supervise_interval_s = supervise_interval_s
         self._stop_supervisor = threading.Event()
         self._supervisor: threading.Thread | None = None
+        self._wake_due: set[Scheduler] = set()
 
     @property
     def scheduler(self) -> Scheduler:
@@ -327,37 +333,58 @@ class WorkerPool:
     # work
     def submit(self, item: WorkItem) -> concurrent.futures.Future[Any]:
         """Admit an item (or raise QueueFull / PoolClosed); the future holds its result."""
+        self._scheduler_of(item).admit(item)
+        return item.future
+
+    def _scheduler_of(self, item: WorkItem) -> Scheduler:
         scheduler = self.schedulers.get(item.lane)
         if scheduler is None:
             raise LookupError(f"this pool has no lane {item.lane!r}")
-        scheduler.admit(item)
-        return item.future
+        return scheduler
 
     async def run(self, item: WorkItem, timeout_s: float | None = None) -> Any:
-        """Submit and await. Cancelling the caller cancels the item if it has not started."""
+        """Submit and await. Cancelling the caller cancels the item if it has not started.
+
+        Admissions on the event loop wake the lane's worker once per turn of the loop, not
+        once each: requests that arrive together meet the worker as one batch (with a null
+        generator at 64 concurrent requests, ~40 items per batch instead of ~1.3, and a
+        thread wake-up and two GIL hand-offs per batch instead of per request), and a lone
+        request is taken at the end of the turn that admitted it.
+        """
+        loop = asyncio.get_running_loop()
+        scheduler = self._scheduler_of(item)
         if timeout_s is not None:
             item.deadline = time.monotonic() + timeout_s
-        loop = asyncio.get_running_loop()
-        future = self.submit(item)
+        scheduler.admit(item, wake=False)
+        if scheduler not in self._wake_due:
+            self._wake_due.add(scheduler)
+            loop.call_soon(self._wake, scheduler)
+        future = item.future
         # The worker's thread hands the outcome to the loop with one `call_soon_threadsafe`,
-        # straight into the future this coroutine awaits: `asyncio.wrap_future` and
-        # `asyncio.wait_for` added two futures, three callbacks and a loop turn per request.
+        # straight into the future this coroutine awaits, and the deadline is a timer that
+        # fails that future: `asyncio.wrap_future` and `asyncio.timeout` cost two more
+        # futures, a task cancellation and a loop turn per request.
         outcome: asyncio.Future[Any] = loop.create_future()
 
         def hand_over(done: concurrent.futures.Future[Any]) -> None:  # on the worker's thread
-            if outcome.cancelled() and loop.is_closed():
+            if outcome.done() and loop.is_closed():
                 return  # the caller gave up and its loop is gone (as `wrap_future` does)
             loop.call_soon_threadsafe(_copy_outcome, done, outcome)
 
         future.add_done_callback(hand_over)
+        deadline = None if timeout_s is None else loop.call_later(
+            timeout_s, _expire, outcome, timeout_s)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await outcome
-        except TimeoutError as exc:
-            raise DeadlineExceeded(timeout_s) from exc
+            return await outcome
         finally:
-            if outcome.cancelled():  # the caller left or the deadline passed
+            if deadline is not None:
+                deadline.cancel()
+            if not future.done():  # the caller left or the deadline passed
                 future.cancel()  # frees its queue slot at once unless a worker has it
+
+    def _wake(self, scheduler: Scheduler) -> None:
+        self._wake_due.discard(scheduler)
+        scheduler.wake()
 
     # health
     @property

@@ -51,9 +51,11 @@ class Scheduler:
         self._stopped = False
         self._idle_workers = 0  # workers blocked until anything is pending
         self._filling = 0  # workers waiting for company to fill a batch
-        # Metric children bound once: `labels()` is a locked dict look-up per call.
-        self._queue_length = metrics.queue_length.labels(lane)
-        self._in_flight_gauge = metrics.in_flight.labels(lane)
+        # The gauges read the queue when scraped, instead of being set (a lock each) at
+        # every admission, hand-out and finish. Metric children are bound once: `labels()`
+        # is a locked dict look-up per call.
+        metrics.queue_length.labels(lane).set_function(lambda: len(self._pending))
+        metrics.in_flight.labels(lane).set_function(lambda: self._in_flight)
         self._dropped_cancelled = metrics.dropped.labels(lane, "cancelled")
         self._dropped_deadline = metrics.dropped.labels(lane, "deadline")
 
@@ -61,7 +63,9 @@ class Scheduler:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def admit(self, item: WorkItem) -> None:
+    def admit(self, item: WorkItem, *, wake: bool = True) -> None:
+        """Queue an item. With `wake` False no worker is woken: the caller calls `wake`
+        after admitting a burst, so that the burst meets the worker as one batch."""
         with self._lock:
             if self._closed:
                 self.metrics.rejected.labels(self.lane, "closed").inc()
@@ -73,16 +77,26 @@ class Scheduler:
             self._pending.append(item)
             self._pending_images += item.size
             self._in_flight += 1
-            self._publish()
-            if self._idle_workers:
-                self._has_work.notify()
-            elif self._filling and self._pending_images >= self.max_batch_images:
-                self._more_work.notify()
+            if wake:
+                self._wake_locked()
         # A weak reference: the future keeps its callbacks after it is done, and a strong
         # one would make item -> future -> callback -> item a cycle that keeps the item's
         # tensors alive until the cyclic garbage collector runs.
         ref = weakref.ref(item)
         item.future.add_done_callback(lambda _future: self._forget_if_cancelled(ref()))
+
+    def wake(self) -> None:
+        """Wake a worker for what is pending (after admissions with `wake` False)."""
+        with self._lock:
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if not self._pending:
+            return
+        if self._idle_workers:
+            self._has_work.notify()
+        elif self._filling and self._pending_images >= self.max_batch_images:
+            self._more_work.notify()
 
     def _forget_if_cancelled(self, item: WorkItem | None) -> None:
         """A caller that gave up frees its queue slot at once, not when a worker gets to it."""
@@ -96,14 +110,12 @@ class Scheduler:
             self._pending_images -= item.size
             self._in_flight -= 1
             self._dropped_cancelled.inc()
-            self._publish()
             if self._in_flight == 0:
                 self._drained.notify_all()
 
     def finished(self, count: int) -> None:
         with self._lock:
             self._in_flight -= count
-            self._publish()
             if self._in_flight == 0:
                 self._drained.notify_all()
 
@@ -120,7 +132,6 @@ class Scheduler:
             self._pending.clear()
             self._pending_images = 0
             self._in_flight -= len(left)
-            self._publish()
             for condition in (self._has_work, self._more_work, self._drained):
                 condition.notify_all()
             return left
@@ -153,7 +164,6 @@ class Scheduler:
                 images = self._take_compatible(key, batch, images)
                 if self.batch_wait_s > 0 and images < self.max_batch_images:
                     images = self._fill(key, batch, images)
-            self._publish()
         return self._start(batch)
 
     def take(self, max_images: int, *, block: bool,
@@ -180,7 +190,6 @@ class Scheduler:
                     self._has_work.wait(poll_s)
                 finally:
                     self._idle_workers -= 1
-            self._publish()
         return self._start(taken)
 
     def _pop_live(self) -> WorkItem | None:
@@ -258,7 +267,3 @@ class Scheduler:
         if dead:
             self.finished(dead)
         return live
-
-    def _publish(self) -> None:
-        self._queue_length.set(len(self._pending))
-        self._in_flight_gauge.set(self._in_flight)

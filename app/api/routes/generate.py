@@ -14,6 +14,7 @@ from app.api.deps import (
     SettingsDep,
     TimeoutDep,
     header_parameter,
+    timeout_of,
 )
 from app.api.disconnect import unless_disconnected
 from app.api.negotiation import negotiate
@@ -71,13 +72,15 @@ def _record(request: Request, generated: Generated, n: int) -> None:
 )
 async def generate(
     request: Request,
-    timeout_s: TimeoutDep,
     body: Annotated[GenerateRequest | None, Body()] = None,
 ) -> Response:
     """New images from a pretrained generator. The same `seed` always gives the same image,
     alone or in any batch; requests are coalesced into shared forward passes."""
-    # The app's objects and the Accept header straight from the request: as dependencies
-    # and a `Header` parameter they cost this route ~45 µs per request (see `deps`).
+    # The app's objects and the headers straight from the request: as dependencies and a
+    # `Header` parameter they cost this route ~55 µs per request (bench/RESULTS.md), a
+    # third of all it costs. (So a request with a bad body and a bad X-Request-Timeout
+    # is refused for its body here, for its header on the other routes.)
+    timeout_s = timeout_of(request)
     settings: Settings = request.app.state.settings
     service: GenerationService = request.app.state.generation
     accept = request.headers.get("accept")
