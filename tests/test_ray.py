@@ -22,9 +22,10 @@ from PIL import Image
 
 from app.main import create_app
 from tests.conftest import LiveServer, free_port, make_settings
+from tests.inprocess import upload
 from tests.ray_cluster import RayCluster, wait_for
 from tests.sse import read_events
-from tests.test_stylize_api import ASYNC, files
+from tests.test_stylize_api import ASYNC
 
 pytestmark = pytest.mark.ray
 
@@ -103,7 +104,7 @@ def test_requests_land_on_engine_replicas_on_both_nodes_and_on_both_ingress_repl
 
 def test_a_job_accepted_by_one_ingress_replica_is_followed_and_fetched_through_another(
         deployed: str) -> None:
-    created = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+    created = httpx.post(f"{deployed}/stylize", files=upload(), headers=ASYNC,
                          data={"size": "32", "steps": "6"}, timeout=60)
     assert created.status_code == 202, created.text
     job_id, accepted_by = created.json()["id"], served_by(created)[0]
@@ -154,7 +155,7 @@ def test_a_seed_gives_the_same_image_on_ray_as_on_the_local_backend(deployed: st
 
 def test_a_style_job_streams_its_progress_and_result_from_an_engine_replica(
         deployed: str) -> None:
-    created = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+    created = httpx.post(f"{deployed}/stylize", files=upload(), headers=ASYNC,
                          data={"size": "32", "steps": "6"}, timeout=60)
     assert created.status_code == 202, created.text
     job_id = created.json()["id"]
@@ -169,7 +170,7 @@ def test_a_style_job_streams_its_progress_and_result_from_an_engine_replica(
 
 
 def test_cancelling_a_job_reaches_the_replica_that_runs_it(deployed: str) -> None:
-    job_id = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+    job_id = httpx.post(f"{deployed}/stylize", files=upload(), headers=ASYNC,
                         data={"size": "48", "steps": "2000"}, timeout=60).json()["id"]
     wait_for(lambda: job_document(deployed, job_id)["step"] > 0, 60, "the job to run")
     started = time.monotonic()
@@ -179,7 +180,7 @@ def test_cancelling_a_job_reaches_the_replica_that_runs_it(deployed: str) -> Non
     stopped_at = job_document(deployed, job_id)["step"]
     assert stopped_at < 2000
     # The replica stopped stepping it: its worker is free for the next job at once.
-    quick = httpx.post(f"{deployed}/stylize", files=files(), data={"size": "32", "steps": "3"},
+    quick = httpx.post(f"{deployed}/stylize", files=upload(), data={"size": "32", "steps": "3"},
                        timeout=60)
     assert quick.status_code == 200, quick.text
 
@@ -189,7 +190,7 @@ def test_a_synchronous_client_that_hangs_up_cancels_its_job_on_the_replica(
     import redis
 
     with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes the connection
-        httpx.post(f"{deployed}/stylize", files=files(), data={"size": "48", "steps": "2000"},
+        httpx.post(f"{deployed}/stylize", files=upload(), data={"size": "48", "steps": "2000"},
                    timeout=httpx.Timeout(60, read=4))
     with redis.Redis.from_url(job_store) as client:
         (newest,) = client.zrange("atelier:jobs", -1, -1)
@@ -208,13 +209,13 @@ def test_a_killed_engine_replica_fails_only_its_own_work_and_keeps_finished_resu
         deployed: str) -> None:
     if not ray.is_initialized():
         ray.init(address="auto", namespace="serve")
-    finished = httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+    finished = httpx.post(f"{deployed}/stylize", files=upload(), headers=ASYNC,
                           data={"size": "32", "steps": "3"}, timeout=60).json()["id"]
     wait_for(lambda: job_document(deployed, finished)["status"] == "succeeded", 60,
              "the first job")
     before = httpx.get(f"{deployed}/jobs/{finished}/result", timeout=30).content
 
-    running = [httpx.post(f"{deployed}/stylize", files=files(), headers=ASYNC,
+    running = [httpx.post(f"{deployed}/stylize", files=upload(), headers=ASYNC,
                           data={"size": "48", "steps": "2000"}, timeout=60).json()["id"]
                for _ in range(2)]
     wait_for(lambda: all(job_document(deployed, j)["step"] > 0 for j in running), 60,
@@ -241,7 +242,7 @@ def test_a_killed_engine_replica_fails_only_its_own_work_and_keeps_finished_resu
     assert httpx.get(f"{deployed}/jobs/{finished}/result", timeout=30).content == before
     wait_for(lambda: len(_replica_actor_names("stylize-engine")) == 2, 90,
              "Serve to replace the replica")
-    again = httpx.post(f"{deployed}/stylize", files=files(), data={"size": "32", "steps": "3"},
+    again = httpx.post(f"{deployed}/stylize", files=upload(), data={"size": "32", "steps": "3"},
                        timeout=60)
     assert again.status_code == 200, again.text
 

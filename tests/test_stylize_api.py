@@ -20,19 +20,12 @@ from PIL import Image
 
 from app.main import create_app
 from tests.conftest import LiveServer, make_settings, wait_until
+from tests.inprocess import upload
 from tests.sse import Event, read_events
 
 DATA = Path(__file__).parent / "data"
 PROBLEM = "application/problem+json"
 ASYNC = {"prefer": "respond-async"}
-
-
-def files(content: bytes | None = None, *styles: bytes) -> list[tuple[str, Any]]:
-    content = content if content is not None else (DATA / "content.jpg").read_bytes()
-    styles = styles or ((DATA / "starry.jpg").read_bytes(),)
-    return [("content", ("content.jpg", content, "image/jpeg"))] + [
-        ("style", (f"style{i}.jpg", s, "image/jpeg")) for i, s in enumerate(styles)
-    ]
 
 
 def events(client: httpx.Client, job_id: str, **kwargs: Any) -> list[Event]:
@@ -52,7 +45,7 @@ def server(real_catalog: object, tmp_path_factory: pytest.TempPathFactory
 
 def test_a_synchronous_request_answers_with_the_image(server: LiveServer) -> None:
     with server.client() as client:
-        response = client.post("/stylize", files=files(), data={"size": "40", "steps": "4"})
+        response = client.post("/stylize", files=upload(), data={"size": "40", "steps": "4"})
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "image/png"
         job = client.get(f"/jobs/{response.headers['x-job-id']}").json()
@@ -64,7 +57,7 @@ def test_a_synchronous_request_answers_with_the_image(server: LiveServer) -> Non
 
 def test_async_job_streams_progress_previews_and_a_result(server: LiveServer) -> None:
     with server.client() as client:
-        accepted = client.post("/stylize", files=files(), headers=ASYNC,
+        accepted = client.post("/stylize", files=upload(), headers=ASYNC,
                                data={"steps": "6", "preview_every": "3", "format": "webp"})
         assert accepted.status_code == 202
         assert accepted.headers["preference-applied"] == "respond-async"
@@ -103,7 +96,7 @@ def test_a_client_that_reconnects_with_last_event_id_gets_only_the_later_events(
     come, none twice, up to the final event."""
     store = server.app.state.stylize.store
     with server.client() as client:
-        job_id = client.post("/stylize", files=files(), headers=ASYNC,
+        job_id = client.post("/stylize", files=upload(), headers=ASYNC,
                              data={"steps": "20", "preview_every": "5"}).json()["id"]
         first = events(client, job_id, limit=3)
         unfinished = not store.get(job_id).status.terminal
@@ -120,7 +113,7 @@ def test_a_client_that_reconnects_with_last_event_id_gets_only_the_later_events(
 def test_cancelling_a_running_job_stops_it_within_a_step(server: LiveServer) -> None:
     store = server.app.state.stylize.store
     with server.client() as client:
-        job_id = client.post("/stylize", files=files(), headers=ASYNC,
+        job_id = client.post("/stylize", files=upload(), headers=ASYNC,
                              data={"steps": "2000"}).json()["id"]
         wait_until(lambda: (store.get(job_id).step or 0) >= 2, timeout=30)
         t0 = time.monotonic()
@@ -139,7 +132,7 @@ def test_a_synchronous_client_that_hangs_up_cancels_its_job(server: LiveServer) 
     store = server.app.state.stylize.store
     before = set(store._jobs)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.url}/stylize", files=files(), data={"steps": "2000"}, timeout=1.5)
+        httpx.post(f"{server.url}/stylize", files=upload(), data={"steps": "2000"}, timeout=1.5)
     (job_id,) = set(store._jobs) - before
     wait_until(lambda: store.get(job_id).status.value == "canceled", timeout=15)
 
@@ -147,7 +140,7 @@ def test_a_synchronous_client_that_hangs_up_cancels_its_job(server: LiveServer) 
 def test_generate_is_not_starved_by_a_running_style_job(server: LiveServer) -> None:
     store = server.app.state.stylize.store
     with server.client() as client:
-        job_id = client.post("/stylize", files=files(), headers=ASYNC,
+        job_id = client.post("/stylize", files=upload(), headers=ASYNC,
                              data={"steps": "2000"}).json()["id"]
         wait_until(lambda: store.get(job_id).status.value == "running", timeout=30)
         started = time.monotonic()
@@ -163,7 +156,7 @@ def test_generate_is_not_starved_by_a_running_style_job(server: LiveServer) -> N
 def test_a_body_over_the_upload_limit_is_413(server: LiveServer) -> None:
     huge = (DATA / "content.jpg").read_bytes() * 100  # ~330 KB > 200 KB limit
     with server.client() as client:
-        response = client.post("/stylize", files=files(huge))
+        response = client.post("/stylize", files=upload(huge))
     assert response.status_code == 413
     assert response.headers["content-type"] == PROBLEM
     assert "200000" in response.json()["detail"]
@@ -195,7 +188,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_reading(server: LiveServ
 def test_concurrent_jobs_each_finish(server: LiveServer) -> None:
     def one(seed: int) -> int:
         with server.client() as client:
-            return client.post("/stylize", files=files(),
+            return client.post("/stylize", files=upload(),
                                data={"steps": "2", "size": "32", "seed": str(seed)}).status_code
 
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -208,7 +201,7 @@ def test_concurrent_jobs_of_one_size_share_a_batch(real_catalog: object, tmp_pat
                              default_size=40, progress_every=2)
     with LiveServer(create_app(settings)) as live, live.client() as client:
         pool = live.app.state.pool
-        ids = [client.post("/stylize", files=files(), headers=ASYNC,
+        ids = [client.post("/stylize", files=upload(), headers=ASYNC,
                            data={"steps": steps, "seed": str(i)}).json()["id"]
                for i, steps in enumerate(["6", "6", "6"])]
         client.delete(f"/jobs/{ids[2]}")  # may leave the batch mid-run, or never start
