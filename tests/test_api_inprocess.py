@@ -315,6 +315,37 @@ async def test_an_async_job_streams_progress_previews_and_a_result(shared: InPro
     assert result.headers["x-job-id"] == job_id
 
 
+async def test_a_result_revalidates_and_resumes_by_its_etag(shared: InProcess) -> None:
+    client = shared.client
+    job_id = (await client.post("/stylize", files=upload(), headers=ASYNC,
+                                data={"steps": "2"})).json()["id"]
+    await aread_events(client, f"/jobs/{job_id}/events")  # until it ends
+    path = f"/jobs/{job_id}/result"
+    whole = await client.get(path)
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    etag, size, data = whole.headers["etag"], len(whole.content), whole.content
+    assert etag == f'"{job_id}"' and whole.headers["last-modified"].endswith(" GMT")
+
+    unchanged = await client.get(path, headers={"if-none-match": f'"other", {etag}'})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged.headers["etag"] == etag
+    assert (await client.get(path, headers={"if-none-match": '"other"'})).status_code == 200
+
+    head = await client.get(path, headers={"range": "bytes=0-9"})
+    tail = await client.get(path, headers={"range": "bytes=10-", "if-range": etag})
+    suffix = await client.get(path, headers={"range": "bytes=-5"})
+    assert head.status_code == tail.status_code == suffix.status_code == 206
+    assert head.headers["content-range"] == f"bytes 0-9/{size}"
+    assert head.content + tail.content == data and suffix.content == data[-5:]
+    # a stale If-Range, several ranges or a range the server does not read: the whole image
+    for ignored in ({"range": "bytes=0-9", "if-range": '"old"'}, {"range": "bytes=0-1,5-6"},
+                    {"range": "bytes=9-2"}, {"range": "pages=1"}):
+        answer = await client.get(path, headers=ignored)
+        assert answer.status_code == 200 and answer.content == data, ignored
+    past = await client.get(path, headers={"range": f"bytes={size}-"})
+    assert assert_problem(past, 416) and past.headers["content-range"] == f"bytes */{size}"
+
+
 async def test_events_resume_after_the_last_event_id(shared: InProcess) -> None:
     client = shared.client
     job_id = (await client.post("/stylize", files=upload(),

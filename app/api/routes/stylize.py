@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import Field
 
+from app.api.conditional import immutable_response
 from app.api.deps import JobDep, OwnerDep, StylizeDep
 from app.api.disconnect import ClientDisconnected, unless_disconnected
 from app.errors import InvalidField
@@ -95,12 +96,14 @@ async def stylize(
     except ClientDisconnected:
         service.cancel(job)
         raise
-    return await _result_response(service, job)
+    return await _result_response(request, service, job)
 
 
-async def _result_response(service: StylizeDep, job: Job) -> Response:
+async def _result_response(request: Request, service: StylizeDep, job: Job) -> Response:
     image, media_type = await service.result(job)
-    return Response(image, media_type=media_type, headers={"X-Job-Id": job.id})
+    # A job's result never changes: its id is a strong validator.
+    return immutable_response(request, image, media_type, etag=f'"{job.id}"',
+                              modified=job.finished_at, headers={"X-Job-Id": job.id})
 
 
 @router.get("/jobs/{job_id}", summary="A job's status", response_model=JobDocument,
@@ -133,12 +136,16 @@ async def job_events(
     summary="A finished job's image",
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+               206: {"description": "The byte range asked for with `Range`."},
+               304: {"description": "Not modified: `If-None-Match` matched the ETag."},
                404: {"description": "Unknown or expired job."},
-               409: {"description": "The job has not succeeded (yet)."}},
+               409: {"description": "The job has not succeeded (yet)."},
+               416: {"description": "The range lies past the end of the image."}},
 )
-async def job_result(job: JobDep, service: StylizeDep) -> Response:
-    """The stylized image; 409 while the job is queued or running."""
-    return await _result_response(service, job)
+async def job_result(request: Request, job: JobDep, service: StylizeDep) -> Response:
+    """The stylized image; 409 while the job is queued or running. With its `ETag`:
+    `If-None-Match` answers 304; `Range: bytes=first-last` (one range) answers 206."""
+    return await _result_response(request, service, job)
 
 
 @router.delete("/jobs/{job_id}", summary="Cancel a job", response_model=JobDocument,
