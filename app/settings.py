@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     style_channels_last: bool = Field(
         False, description="Run style jobs' VGG in channels_last memory format."
     )
+    style_cuda_graphs: bool = Field(
+        True, description="On CUDA devices, capture a style batch's whole step (forward,"
+        " backward, optimizer) in a CUDA graph once its jobs have not changed for two steps,"
+        " and replay it until a job joins or leaves; no effect on the CPU.",
+    )
     progress_every: int = Field(
         10, ge=1, description="Steps between progress events of a style job."
     )

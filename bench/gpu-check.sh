@@ -42,9 +42,10 @@ fi
   timeout 600 python3 bench/buckets.py --size "$SIZE" --bucket 64 --steps "$STEPS"
   fi
   if want stylize; then
-  echo "== stylize ${SIZE}px, ${STEPS} steps, side by side with the textbook loop"
+  echo "== stylize ${SIZE}px, ${STEPS} steps, side by side with the textbook loop; every engine"
+  echo "   configuration with its step replayed from a CUDA graph and eager"
   python3 bench/stylize.py --size "$SIZE" --steps "$STEPS" --baseline --batch 8 \
-    --precisions bf16 --warmup 5
+    --precisions bf16 --warmup 5 --cuda-graphs on,off
   fi
   if [ -z "${QUICK:-}" ]; then
     if want stylize1024; then

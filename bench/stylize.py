@@ -3,11 +3,15 @@ with the textbook loop (`--baseline`), all in one process on one device.
 
     python bench/stylize.py --size 256 --steps 100 --baseline          # CPU here
     python bench/stylize.py --size 512 --steps 500 --baseline          # on a GPU
+    python bench/stylize.py --size 512 --steps 500 --cuda-graphs on,off --optimizers lbfgs
 
 "final loss" is the textbook loss (fp32) of each final image, so the rows compare fairly;
 for a batch, the first job's image is scored and jobs/s counts all of them.
 The first run on a device also pays for warm-up (cuDNN autotuning): `--warmup` steps of each
 configuration run before the timed run.
+On CUDA every engine configuration runs once per `--cuda-graphs` mode (default on and off):
+with graphs on, a step is replayed from a CUDA graph once the batch has taken two eager steps
+(ATELIER_STYLE_CUDA_GRAPHS); the flag is ignored on the CPU.
 """
 
 from __future__ import annotations
@@ -69,11 +73,12 @@ def timed(device: torch.device, fn: Callable[[], torch.Tensor]) -> tuple[torch.T
 
 
 def _batched(vgg: VGG19Features, content: torch.Tensor, style: torch.Tensor,
-             options: StyleOptions, count: int, device: torch.device) -> torch.Tensor:
+             options: StyleOptions, count: int, device: torch.device,
+             cuda_graphs: bool) -> torch.Tensor:
     """Runs `count` jobs (different seeds, noise-free content init) in one batch; returns the
     first image (all are scored alike)."""
     jobs = [StyleJob(content, [style], replace(options, seed=i)) for i in range(count)]
-    results = stylize_batch(vgg, jobs, device=device)
+    results = stylize_batch(vgg, jobs, device=device, cuda_graphs=cuda_graphs)
     first = results[0]
     assert isinstance(first, StyleResult)
     return first.image
@@ -98,6 +103,9 @@ def main() -> None:
                         help="also run this many jobs together (batched) and report jobs/s")
     parser.add_argument("--precisions", default="",
                         help="extra engine precisions to try, e.g. bf16 (with channels_last)")
+    parser.add_argument("--cuda-graphs", default="on,off",
+                        help="engine step modes to compare on CUDA: on (replayed from a CUDA "
+                        "graph), off (eager), or both; ignored on the CPU")
     args = parser.parse_args()
 
     if args.threads:
@@ -114,6 +122,7 @@ def main() -> None:
     content = resize_long_side(load(args.content), args.size, 16)
     style = resize_long_side(load(args.style), args.size, 16)
     h, w = content.shape[:2]
+    graph_modes = _graph_modes(args.cuda_graphs, device)
 
     def score(image: torch.Tensor) -> float:
         return reference_loss(vgg, image, content, style, device, args.style_weight,
@@ -133,22 +142,30 @@ def main() -> None:
                   replace(base, optimizer="adam", precision=p, channels_last=True))
                  for p in filter(None, args.precisions.split(","))]
 
-    def engine_run(options: StyleOptions) -> Callable[[int], torch.Tensor]:
+    def engine_run(options: StyleOptions, cuda_graphs: bool) -> Callable[[int], torch.Tensor]:
         def run(steps: int) -> torch.Tensor:
             return stylize(vgg, content, [style], replace(options, steps=steps),
-                           device=device).image
+                           device=device, cuda_graphs=cuda_graphs).image
+        return run
+
+    def batched_run(cuda_graphs: bool) -> Callable[[int], torch.Tensor]:
+        def run(steps: int) -> torch.Tensor:
+            return _batched(vgg, content, style, replace(base, steps=steps), args.batch,
+                            device, cuda_graphs)
         return run
 
     for name, options in variants:
-        configs[name] = engine_run(options)
+        for graphs, label in graph_modes:
+            configs[name + label] = engine_run(options, graphs)
     cache = GramCache()
-    configs["atelier engine (lbfgs), style targets cached"] = (
+    first_graphs, first_label = graph_modes[0]
+    configs["atelier engine (lbfgs), style targets cached" + first_label] = (
         lambda steps: stylize(vgg, content, [style], replace(base, steps=steps), device=device,
-                              gram_cache=cache).image)
+                              gram_cache=cache, cuda_graphs=first_graphs).image)
     if args.batch > 1:
-        configs[f"atelier engine (lbfgs), {args.batch} jobs batched"] = (
-            lambda steps: _batched(vgg, content, style, replace(base, steps=steps), args.batch,
-                                   device))
+        for graphs, label in graph_modes:
+            configs[f"atelier engine (lbfgs), {args.batch} jobs batched" + label] = (
+                batched_run(graphs))
 
     print(f"# {device_name(device)}; {w}x{h}, {args.steps} steps, style weight "
           f"{args.style_weight:g}, tv {args.tv_weight:g}; torch {torch.__version__}")
@@ -169,6 +186,21 @@ def main() -> None:
         print(f"| {name} | {seconds:.2f} | {seconds / args.steps * 1000:.1f} | "
               f"{args.steps / seconds:.1f} | {jobs / seconds:.3f} | {loss:.5g} | {loss_ratio} "
               f"| {speed} | {peak / 2**20 / jobs:.0f} |", flush=True)
+
+
+def _graph_modes(spec: str, device: torch.device) -> list[tuple[bool, str]]:
+    """(cuda_graphs, name suffix) of each engine step mode to run: those of `spec` on CUDA,
+    one unnamed mode elsewhere (there is no graph to capture)."""
+    if device.type != "cuda":
+        return [(False, "")]
+    modes: list[tuple[bool, str]] = []
+    for word in filter(None, (w.strip() for w in spec.split(","))):
+        if word not in ("on", "off"):
+            raise SystemExit(f"--cuda-graphs takes on, off or on,off, not {word!r}")
+        modes.append((word == "on", f", graphs {word}"))
+    if not modes:
+        raise SystemExit("--cuda-graphs names no mode")
+    return modes
 
 
 if __name__ == "__main__":

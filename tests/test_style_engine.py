@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -450,3 +454,256 @@ def test_bf16_is_refused_with_lbfgs_and_close_to_fp32_with_adam(vgg: VGG19Featur
     fp32 = run(vgg, options).losses.total
     bf16 = run(vgg, replace(options, precision="bf16")).losses.total
     assert np.isfinite(bf16) and abs(bf16 - fp32) <= 0.05 * fp32
+
+
+# ---- CUDA graphs of the step ------------------------------------------------------------
+
+Schedule = list[tuple[int, style.StyleJob]]  # (the batch step a job joins before, the job)
+
+
+def run_schedule(vgg: VGG19Features, schedule: Schedule, device: torch.device, *,
+                 cuda_graphs: bool = True,
+                 prepare: Callable[[style.StyleBatch], None] | None = None,
+                 ) -> tuple[list[style.StyleResult | Exception], style.StyleBatch]:
+    """Jobs through one StyleBatch, each joining before the batch's step `at` (0: the
+    first); returns each job's outcome, in schedule order, and the batch."""
+    first = schedule[0][1]
+    batch = style.StyleBatch(vgg, _key(first.options, first.content), first.options,
+                             device=device, cuda_graphs=cuda_graphs)
+    if prepare is not None:
+        prepare(batch)
+    outcomes: dict[int, style.StyleResult | Exception] = {}
+    step = 0
+    while len(batch) or any(at >= step for at, _ in schedule):
+        for at, job in schedule:
+            if at == step:
+                batch.join(job)
+        for job, outcome in batch.step():
+            outcomes[id(job)] = outcome
+        step += 1
+    return [outcomes[id(job)] for _, job in schedule], batch
+
+
+def two_jobs(steps: int = 9, joining_steps: int = 3, join_at: int = 3,
+             size: int = 32) -> Schedule:
+    """A long job and a shorter one that joins it mid-run (other weights and init)."""
+    long = replace(BASE, size=size, steps=steps, progress_every=1)
+    short = replace(long, steps=joining_steps, style_weight=200.0, init="noise", seed=3)
+    return [(0, style.StyleJob(image("content.jpg"), [image("starry.jpg")], long)),
+            (join_at, style.StyleJob(image("content.jpg"), [image("wave.jpg")], short))]
+
+
+class FakeStepGraph:
+    """A CUDA graph's part, played on the CPU: capturing runs nothing (as a capture does),
+    each replay runs the step again, and fails if the batch no longer steps the tensors
+    the graph was captured with (a graph kept across a membership change)."""
+
+    def __init__(self, batch: style.StyleBatch, step: Callable[[], Any],
+                 device: torch.device) -> None:
+        self.batch, self.step, self.x = batch, step, batch.x
+
+    def replay(self) -> Any:
+        assert self.batch.x is self.x, "a graph replayed after the batch's tensors changed"
+        return self.step()
+
+
+def fake_graphs(monkeypatch: pytest.MonkeyPatch, fail: bool = False
+                ) -> Callable[[style.StyleBatch], None]:
+    """Makes a batch take the capture path on the CPU, with FakeStepGraph (or a capture
+    that raises)."""
+    from app.engines.style import batch as batch_module
+
+    monkeypatch.setattr(batch_module, "_on_side_stream", lambda device: nullcontext())
+
+    def prepare(batch: style.StyleBatch) -> None:
+        def capture(step: Callable[[], Any], device: torch.device) -> FakeStepGraph:
+            if fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            return FakeStepGraph(batch, step, device)
+
+        monkeypatch.setattr(batch_module, "_StepGraph", capture)
+        batch._graphs = True
+
+    return prepare
+
+
+def assert_same_outcomes(ours: list[style.StyleResult | Exception],
+                         theirs: list[style.StyleResult | Exception]) -> None:
+    for a, b in zip(ours, theirs, strict=True):
+        assert isinstance(a, style.StyleResult) and isinstance(b, style.StyleResult)
+        assert torch.equal(a.image, b.image)
+        assert a.losses == b.losses and a.history == b.history and a.steps == b.steps
+
+
+def test_cuda_graphs_take_no_part_on_the_cpu(vgg: VGG19Features,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_cuda(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a CUDA API was called on the CPU")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", no_cuda)
+    monkeypatch.setattr(torch.cuda, "Stream", no_cuda)
+    monkeypatch.setattr(torch.cuda, "graph", no_cuda)
+    schedule = two_jobs()
+    graphed, batch = run_schedule(vgg, schedule, CPU, cuda_graphs=True)
+    eager, _ = run_schedule(vgg, schedule, CPU, cuda_graphs=False)
+    assert (batch.graph_captures, batch.graph_replays) == (0, 0)
+    assert_same_outcomes(graphed, eager)
+
+
+def test_a_captured_step_is_replayed_until_the_membership_changes(
+        vgg: VGG19Features, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The capture path's bookkeeping, on the CPU with a stand-in graph: two eager steps
+    after each membership change, then a capture, then replays; the losses every step
+    reports come from the replays; the batch ends as the eager one does."""
+    from app.engines.style.batch import GRAPH_WARMUP_STEPS
+
+    assert GRAPH_WARMUP_STEPS == 2
+    schedule = two_jobs()
+    graphed, batch = run_schedule(vgg, schedule, CPU, prepare=fake_graphs(monkeypatch))
+    monkeypatch.undo()
+    eager, _ = run_schedule(vgg, schedule, CPU, cuda_graphs=False)
+    # Steps 0-1 eager, capture and replay at 2; B joins: 3-4 eager, replay at 5 (B's
+    # last); B leaves: 6-7 eager, replay at 8 (A's last).
+    assert (batch.graph_captures, batch.graph_replays) == (3, 3)
+    assert_same_outcomes(graphed, eager)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_failed_capture_leaves_the_batch_eager_with_one_warning(
+        vgg: VGG19Features, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    schedule = two_jobs()
+    with caplog.at_level(logging.WARNING, logger="app.engines.style.batch"):
+        graphed, batch = run_schedule(vgg, schedule, CPU,
+                                      prepare=fake_graphs(monkeypatch, fail=True))
+    monkeypatch.undo()
+    eager, _ = run_schedule(vgg, schedule, CPU, cuda_graphs=False)
+    warnings = [r for r in caplog.records if r.name == "app.engines.style.batch"]
+    assert len(warnings) == 1 and "runs eagerly" in warnings[0].getMessage()
+    assert (batch.graph_captures, batch.graph_replays) == (0, 0)
+    assert_same_outcomes(graphed, eager)
+
+
+@pytest.fixture
+def deterministic_cudnn() -> Iterator[None]:
+    """Eager and graphed runs compared kernel for kernel: no autotuning, deterministic
+    algorithms, so only a difference in what runs can show."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+        yield
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("optimizer", "bucket_px"), [("lbfgs", 0), ("lbfgs", 64),
+                                                      ("adam", 64)])
+def test_a_graphed_run_ends_where_the_eager_one_does(
+        gpu_vgg: VGG19Features, deterministic_cudnn: None, optimizer: str,
+        bucket_px: int) -> None:
+    """64 px, 30 steps; with a bucket the 48x64 image is padded to 64x64 (region masks in
+    the graph)."""
+    gpu = torch.device("cuda")
+    options = replace(BASE, size=64, steps=30, progress_every=10, bucket_px=bucket_px,
+                      optimizer=optimizer)  # type: ignore[arg-type]
+    schedule = [(0, style.StyleJob(image("content.jpg"), [image("starry.jpg")], options))]
+    (graphed,), batch = run_schedule(gpu_vgg, schedule, gpu, cuda_graphs=True)
+    (eager,), eager_batch = run_schedule(gpu_vgg, schedule, gpu, cuda_graphs=False)
+    assert batch.graph_captures == 1 and batch.graph_replays == 30 - 2
+    assert (eager_batch.graph_captures, eager_batch.graph_replays) == (0, 0)
+    assert isinstance(graphed, style.StyleResult) and isinstance(eager, style.StyleResult)
+    assert np.isfinite(graphed.losses.total)
+    for ours, theirs in zip(graphed.history, eager.history, strict=True):
+        assert ours.total == pytest.approx(theirs.total, rel=1e-3)
+    assert graphed.losses.total == pytest.approx(eager.losses.total, rel=1e-3)
+    assert (graphed.image.float() - eager.image.float()).abs().mean() < 1.0  # of 255
+
+
+@pytest.mark.gpu
+def test_a_job_joining_a_graphed_batch_gets_its_result_alone(
+        gpu_vgg: VGG19Features) -> None:
+    """B joins A's graphed batch at step 6 and leaves at A's step 18: three captures (A;
+    A and B; A), and each job ends where it does alone."""
+    gpu = torch.device("cuda")
+    schedule = two_jobs(steps=30, joining_steps=12, join_at=6, size=64)
+    together, batch = run_schedule(gpu_vgg, schedule, gpu)
+    assert batch.graph_captures == 3 and batch.graph_replays == 30 - 3 * 2
+    for (_, job), joined in zip(schedule, together, strict=True):
+        (alone,), _ = run_schedule(gpu_vgg, [(0, job)], gpu)
+        assert isinstance(joined, style.StyleResult) and isinstance(alone, style.StyleResult)
+        assert joined.steps == job.options.steps
+        # The tolerance of the CPU test of a job joining a running batch.
+        assert abs(joined.losses.total - alone.losses.total) <= 0.02 * alone.losses.total
+
+
+@pytest.mark.gpu
+def test_graphed_batches_of_two_buckets_take_turns_without_mixing(
+        gpu_vgg: VGG19Features, deterministic_cudnn: None) -> None:
+    """Two batches with a graph each, stepped in turn on one thread as a worker steps
+    them: each job ends where it does in a batch of its own."""
+    gpu = torch.device("cuda")
+    photo = image("content.jpg")
+    options = replace(BASE, size=64, steps=20, progress_every=5)
+    jobs = [style.StyleJob(photo, [image("starry.jpg")], options),
+            style.StyleJob(photo.transpose(0, 1).contiguous(), [image("wave.jpg")], options)]
+    batches = [style.StyleBatch(gpu_vgg, _key(options, job.content), options, device=gpu)
+               for job in jobs]
+    assert batches[0].key != batches[1].key
+    for batch, job in zip(batches, jobs, strict=True):
+        batch.join(job)
+    outcomes: dict[int, style.StyleResult | Exception] = {}
+    while any(len(batch) for batch in batches):
+        for batch in batches:
+            if len(batch):
+                outcomes.update((id(job), outcome) for job, outcome in batch.step())
+    for batch, job in zip(batches, jobs, strict=True):
+        assert batch.graph_captures == 1 and batch.graph_replays == 20 - 2
+        (alone,), _ = run_schedule(gpu_vgg, [(0, job)], gpu)
+        together = outcomes[id(job)]
+        assert isinstance(together, style.StyleResult) and isinstance(alone, style.StyleResult)
+        assert together.losses.total == pytest.approx(alone.losses.total, rel=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [True, False], ids=["graphed", "eager"])
+def test_a_steady_step_never_waits_for_the_device(gpu_vgg: VGG19Features,
+                                                  cuda_graphs: bool) -> None:
+    """Between report steps, neither a replay nor an eager step makes the host wait: the
+    host queues the next step while the device runs this one."""
+    gpu = torch.device("cuda")
+    options = replace(BASE, size=64, steps=12, progress_every=100, bucket_px=64)
+    job = style.StyleJob(image("content.jpg"), [image("starry.jpg")], options)
+    batch = style.StyleBatch(gpu_vgg, _key(options, job.content), options, device=gpu,
+                             cuda_graphs=cuda_graphs)
+    batch.join(job)
+    for _ in range(3):  # kernel selection, region masks, and the capture
+        assert batch.step() == []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(8):
+            assert batch.step() == []
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ((_, result),) = batch.step()
+    assert isinstance(result, style.StyleResult) and np.isfinite(result.losses.total)
+    assert batch.graph_replays == (12 - 2 if cuda_graphs else 0)
+
+
+@pytest.mark.gpu
+def test_a_capture_that_fails_on_the_device_falls_back_to_eager(
+        gpu_vgg: VGG19Features, deterministic_cudnn: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    gpu = torch.device("cuda")
+
+    def refuse(self: torch.cuda.CUDAGraph, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated capture failure")
+
+    options = replace(BASE, size=64, steps=12, progress_every=4)
+    schedule = [(0, style.StyleJob(image("content.jpg"), [image("starry.jpg")], options))]
+    (eager,), _ = run_schedule(gpu_vgg, schedule, gpu, cuda_graphs=False)
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", refuse)
+    with caplog.at_level(logging.WARNING, logger="app.engines.style.batch"):
+        (fallback,), batch = run_schedule(gpu_vgg, schedule, gpu)
+    assert len([r for r in caplog.records if r.name == "app.engines.style.batch"]) == 1
+    assert (batch.graph_captures, batch.graph_replays) == (0, 0)
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
+    assert isinstance(fallback, style.StyleResult) and isinstance(eager, style.StyleResult)
+    assert fallback.losses.total == pytest.approx(eager.losses.total, rel=1e-3)

@@ -3,6 +3,13 @@
 Both keep per-image state along the first dimension and can drop images mid-run (`keep`),
 so a cancelled job leaves a batch of style jobs without disturbing the others.
 
+A step reads nothing from the host: each row's step count lives on the device (an int64
+tensor stepped there), and every rule that depends on it (ring slots, the first-step rule,
+Adam's bias corrections) is a tensor expression over it. So a step never makes the host wait
+for the device, runs the same kernels whatever the rows' step counts are, and updates its
+state in place: it can be captured once in a CUDA graph and replayed (StyleBatch does).
+Membership changes (`add`, `keep`) reallocate the state and may synchronise.
+
 L-BFGS:
 
 `torch.optim.LBFGS` walks its history in Python, calls `.item()` and branches on tensor
@@ -16,8 +23,9 @@ estimate in the compact form of Byrd, Nocedal & Schnabel (1994):
 with R the upper triangle of SᵀY and D its diagonal. Every step is a handful of batched
 matrix products and one small triangular solve of fixed shape: no `.item()`, no data-dependent
 branch (a curvature pair that fails the test yᵀs > ε is stored as zeros, which the algebra
-ignores), so a step can also be captured in a CUDA graph. The step size is fixed (lr, and
-min(1, 1/|g|₁)·lr on the first step, as `torch.optim.LBFGS` without line search does).
+ignores). The step size is fixed (lr, and min(1, 1/|g|₁)·lr on a row's first step, as
+`torch.optim.LBFGS` without line search does); rows on their first step are picked by a
+mask, so a batch whose rows joined at different steps takes the same step as any other.
 
 Each image of the batch has its own history, scaling gamma and step count, so images can
 join a running batch (`add`) and leave it (`keep`) at any step: continuous batching, as LLM
@@ -47,7 +55,8 @@ class BatchedLBFGS:
         self.gamma = torch.ones(0, device=device, dtype=torch.float64)
         self.prev_s = torch.zeros(0, n, device=device, dtype=dtype)
         self.prev_g = torch.zeros(0, n, device=device, dtype=dtype)
-        self.row_steps: list[int] = []  # steps taken by each row, on the host
+        self.step_counts = torch.zeros(0, device=device, dtype=torch.long)  # per row
+        self._rows = torch.arange(0, device=device)
         # Chronological order of a ring is a rotation known from its row's step count;
         # all rotations live on the device so that picking them copies nothing.
         ring = torch.arange(history, device=device)
@@ -56,12 +65,13 @@ class BatchedLBFGS:
 
     @property
     def steps(self) -> int:
-        """The step count when every row has the same one (a batch that started together)."""
-        return max(self.row_steps, default=0)
+        """The step count when every row has the same one (a batch that started together).
+        Reading it waits for the device: for tests and tools, not for the step loop."""
+        return int(self.step_counts.max()) if len(self.step_counts) else 0
 
     @steps.setter
     def steps(self, value: int) -> None:
-        self.row_steps = [value] * len(self.row_steps)
+        self.step_counts.fill_(value)
 
     def add(self, rows: int) -> None:
         """Append `rows` fresh images (no history) at the end of the batch."""
@@ -73,17 +83,17 @@ class BatchedLBFGS:
         self.SY, self.YY = grow(self.SY), grow(self.YY)
         self.gamma = grow(self.gamma, 1.0)
         self.prev_s, self.prev_g = grow(self.prev_s), grow(self.prev_g)
-        self.row_steps += [0] * rows
+        self.step_counts = grow(self.step_counts)
+        self._rows = torch.arange(len(self.step_counts), device=self.S.device)
 
     def _slots(self, offset: int) -> torch.Tensor:
-        return torch.tensor([(n + offset) % self.m for n in self.row_steps],
-                            device=self.S.device)
+        return (self.step_counts + offset) % self.m  # a remainder: -1 wraps to m - 1
 
     def _remember(self, s: torch.Tensor, g: torch.Tensor) -> None:
         """Store each row's newest curvature pair (s, y) in the ring slot of its last step.
 
         A row that has not stepped yet has s = 0: its pair is rejected, nothing changes."""
-        rows = torch.arange(len(self.row_steps), device=s.device)
+        rows = self._rows
         slot = self._slots(-1)
         y = g - self.prev_g
         ys = (s.double() * y.double()).sum(1)
@@ -100,13 +110,14 @@ class BatchedLBFGS:
         self.YY[rows, slot, :] = y_y
         self.YY[rows, :, slot] = y_y
         yy = (y.double() * y.double()).sum(1)
-        self.gamma = torch.where(valid, ys / yy.clamp_min(1e-30), self.gamma)
+        # In place, as every state update: a captured step keeps pointing at this tensor.
+        self.gamma.copy_(torch.where(valid, ys / yy.clamp_min(1e-30), self.gamma))
 
     def _direction(self, g: torch.Tensor) -> torch.Tensor:
         """-H g in the compact form, each row's slots taken in its chronological order."""
         m = self.m
-        shift = torch.tensor([n % m if n >= m else 0 for n in self.row_steps],
-                             device=g.device)  # oldest slot first
+        counts = self.step_counts  # oldest slot first: 0 until the ring wraps around
+        shift = torch.where(counts >= m, counts % m, torch.zeros_like(counts))
         order = self._rotations[shift]  # [B, m]
         inverse = self._rotations[(-shift) % m]
         square = (order[:, :, None].expand(-1, -1, m), order[:, None, :].expand(-1, m, -1))
@@ -145,26 +156,26 @@ class BatchedLBFGS:
         """
         batch = x.shape[0]
         g = grad.reshape(batch, -1).to(self.S.dtype)
+        # Rows on their first step go through the same algebra as the others: their
+        # previous step is zero, so their pair is rejected and changes nothing, and the
+        # mask below replaces their direction. No branch on the step counts: every step
+        # launches the same kernels.
+        self._remember(self.prev_s, g)
+        direction = self._direction(g)
+        # As torch.optim.LBFGS: no step along a direction that is not a descent
+        # direction (rounding can make one); the next pair is then rejected (s = 0).
+        descent = (g * direction).sum(1) < -DESCENT_TOLERANCE
+        size = descent.to(self.S.dtype) * self.lr
         # A row's first step: along -g, at min(1, 1/|g|₁)·lr.
+        first = self.step_counts == 0
         first_size = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
-        if not any(self.row_steps):
-            direction, size = -g, first_size
-        else:
-            self._remember(self.prev_s, g)
-            direction = self._direction(g)
-            # As torch.optim.LBFGS: no step along a direction that is not a descent
-            # direction (rounding can make one); the next pair is then rejected (s = 0).
-            descent = (g * direction).sum(1) < -DESCENT_TOLERANCE
-            size = descent.to(self.S.dtype) * self.lr
-            if not all(self.row_steps):  # rows that joined since the last step
-                first = torch.tensor([n == 0 for n in self.row_steps], device=g.device)
-                direction = torch.where(first[:, None], -g, direction)
-                size = torch.where(first, first_size, size)
+        direction = torch.where(first[:, None], -g, direction)
+        size = torch.where(first, first_size, size)
         step = size[:, None] * direction
         x.add_(step.reshape(x.shape).to(x.dtype))
         self.prev_s.copy_(step)
         self.prev_g.copy_(g)
-        self.row_steps = [n + 1 for n in self.row_steps]
+        self.step_counts.add_(1)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Continue with only these images (indices into the current batch)."""
@@ -172,35 +183,37 @@ class BatchedLBFGS:
         self.SY, self.YY = self.SY[rows], self.YY[rows]
         self.gamma = self.gamma[rows]
         self.prev_s, self.prev_g = self.prev_s[rows], self.prev_g[rows]
-        self.row_steps = [self.row_steps[r] for r in rows.tolist()]
+        self.step_counts = self.step_counts[rows]
+        self._rows = torch.arange(len(self.step_counts), device=self.S.device)
 
 
 class BatchedAdam:
-    """Adam (Kingma & Ba), element-wise like `torch.optim.Adam`, with a bounds clamp."""
+    """Adam (Kingma & Ba), element-wise like `torch.optim.Adam`, with a bounds clamp. Each
+    row's bias corrections follow its own step count, so rows can join at any step."""
 
     def __init__(self, x: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
         self.lr, self.betas, self.eps = lr, betas, eps
         self.m = torch.zeros_like(x[:0])
         self.v = torch.zeros_like(x[:0])
-        self.row_steps: list[int] = []
+        self.step_counts = torch.zeros(0, device=x.device, dtype=torch.long)  # per row
         self.add(x.shape[0])
 
     def add(self, rows: int) -> None:
         """Append `rows` fresh images at the end of the batch."""
         extra = torch.zeros((rows, *self.m.shape[1:]), device=self.m.device, dtype=self.m.dtype)
         self.m, self.v = torch.cat([self.m, extra]), torch.cat([self.v, extra])
-        self.row_steps += [0] * rows
+        self.step_counts = torch.cat([self.step_counts, self.step_counts.new_zeros(rows)])
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, grad: torch.Tensor,
              bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        self.row_steps = [n + 1 for n in self.row_steps]
+        self.step_counts.add_(1)
         b1, b2 = self.betas
         self.m.mul_(b1).add_(grad, alpha=1 - b1)
         self.v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         shape = (-1,) + (1,) * (x.dim() - 1)
-        steps = torch.tensor(self.row_steps, device=x.device, dtype=torch.float64).view(shape)
+        steps = self.step_counts.to(torch.float64).view(shape)
         m_hat = self.m / (1 - b1**steps).to(x.dtype)
         v_hat = self.v / (1 - b2**steps).to(x.dtype)
         x.sub_(self.lr * m_hat / (v_hat.sqrt() + self.eps))
@@ -209,4 +222,4 @@ class BatchedAdam:
 
     def keep(self, rows: torch.Tensor) -> None:
         self.m, self.v = self.m[rows], self.v[rows]
-        self.row_steps = [self.row_steps[r] for r in rows.tolist()]
+        self.step_counts = self.step_counts[rows]

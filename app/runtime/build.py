@@ -51,7 +51,7 @@ def build_pool(
     def runtime(device: str) -> Executor:
         return DeviceRuntime(device, catalog, torch_threads=settings.torch_threads,
                              warmup=style_warmup, warmup_batch=settings.style_batch(),
-                             kinds=kinds)
+                             kinds=kinds, style_cuda_graphs=settings.style_cuda_graphs)
 
     return WorkerPool(
         settings.device_list(),

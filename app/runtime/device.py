@@ -25,9 +25,10 @@ log = logging.getLogger("atelier.runtime")
 class DeviceRuntime:
     def __init__(self, device: str, catalog: Catalog, *, torch_threads: int = 0,
                  warmup: style.StyleOptions | None = None, warmup_batch: int = 1,
-                 kinds: frozenset[str] | None = None) -> None:
+                 kinds: frozenset[str] | None = None, style_cuda_graphs: bool = True) -> None:
         """`kinds`: the model kinds loaded at start-up (those of the pool's lanes; None:
-        all). Others still load on first use."""
+        all). Others still load on first use. `style_cuda_graphs`: style batches replay
+        their step from a CUDA graph while their membership holds (CUDA only)."""
         self.device = torch.device(device)
         self.catalog = catalog
         self.torch_threads = torch_threads
@@ -41,6 +42,7 @@ class DeviceRuntime:
         self._loops = threading.local()
         self.warmup, self.warmup_batch = warmup, warmup_batch
         self.kinds = kinds
+        self.style_cuda_graphs = style_cuda_graphs
 
     def load(self) -> None:
         if self.device.type == "cpu" and self.torch_threads:
@@ -79,7 +81,8 @@ class DeviceRuntime:
             steps = self.warmup_batch + 2
             job_options = replace(options, steps=steps, progress_every=steps, preview_every=0)
             batch = style.StyleBatch(vgg, style.batch_key(job_options, content.shape),
-                                     job_options, device=self.device, space=space)
+                                     job_options, device=self.device, space=space,
+                                     cuda_graphs=self.style_cuda_graphs)
             for _ in range(self.warmup_batch):  # one more row per step: every batch size
                 batch.join(style.StyleJob(content, [grey], job_options))
                 batch.step()
@@ -149,7 +152,8 @@ class DeviceRuntime:
         try:
             return style.stylize_batch(vgg, jobs, device=self.device,
                                        space=self.spaces[batch[0].model],
-                                       gram_cache=self.gram_cache)
+                                       gram_cache=self.gram_cache,
+                                       cuda_graphs=self.style_cuda_graphs)
         finally:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # finished or cancelled jobs give their memory back
@@ -212,7 +216,8 @@ class DeviceRuntime:
         if batch is None:
             batch = style.StyleBatch(vgg, style.batch_key(work.options, work.content.shape),
                                      work.options, device=self.device,
-                                     space=self.spaces[work.model], gram_cache=self.gram_cache)
+                                     space=self.spaces[work.model], gram_cache=self.gram_cache,
+                                     cuda_graphs=self.style_cuda_graphs)
         batch.join(job)  # raises for a job that cannot run: nothing is kept then
         loop.batches[key] = batch
         loop.members[id(job)] = work

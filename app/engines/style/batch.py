@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +25,75 @@ from app.engines.style.shapes import (
 from app.engines.style.space import CAFFE, InputSpace
 from app.engines.style.targets import Regions, StyleTargets, batch_losses, initial_image
 from app.nets.vgg import VGG19Features, deepest, relu_name
+
+log = logging.getLogger(__name__)
+
+# Eager steps a batch takes after its membership changes before its step is captured in a
+# CUDA graph: the first selects cuDNN's kernels for the new batch size (benchmarking waits
+# for the device, which a capture forbids) and allocates, the second runs as every later
+# step will.
+GRAPH_WARMUP_STEPS = 2
+
+StepLosses = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # total, c, s, tv
+
+# torch.cuda.graph allows one capture at a time in a process; captures are rare (one per
+# membership change), so workers on other devices or threads simply wait their turn.
+_capture_lock = threading.Lock()
+_thread_streams = threading.local()
+
+
+def _side_stream() -> torch.cuda.Stream:
+    """The calling thread's own stream on the current CUDA device, for warm-up and capture.
+
+    A capture records every kernel queued on its stream, from any thread: a stream shared
+    with another worker could record that worker's kernels into this batch's graph. (torch
+    hands out its pooled streams round robin, 32 per device: one per thread stays distinct
+    as long as the process asks for fewer.)"""
+    streams: dict[int, torch.cuda.Stream] | None = getattr(_thread_streams, "streams", None)
+    if streams is None:
+        streams = _thread_streams.streams = {}
+    device = torch.cuda.current_device()
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)  # type: ignore[no-untyped-call]
+    return streams[device]
+
+
+@contextmanager
+def _on_side_stream(device: torch.device) -> Iterator[None]:
+    """Run the block on this thread's side stream of `device`, after the work queued so far
+    on the current stream and before the work queued there later."""
+    with torch.cuda.device(device):
+        stream, current = _side_stream(), torch.cuda.current_stream()
+        stream.wait_stream(current)
+        try:
+            with torch.cuda.stream(stream):
+                yield
+        finally:
+            current.wait_stream(stream)
+
+
+class _StepGraph:
+    """One step of a batch captured in a CUDA graph. A replay runs the forward and backward
+    passes, the gradient mask and the optimizer step again on the same tensors, in place;
+    `losses` are the capture's static outputs, which every replay overwrites."""
+
+    def __init__(self, step: Callable[[], StepLosses], device: torch.device) -> None:
+        self.device = device
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.device(device):
+            stream = _side_stream()
+            # The outer context brings the caller's stream back even when the capture fails
+            # half-way (torch.cuda.graph does not restore it when capture_end raises).
+            with torch.cuda.stream(stream), torch.cuda.graph(
+                    # thread_local: other workers (the /generate lane) keep using the device,
+                    # and synchronising, from their own threads while this one captures.
+                    self.graph, stream=stream, capture_error_mode="thread_local"):
+                self.losses = step()
+
+    def replay(self) -> StepLosses:
+        with torch.cuda.device(self.device):
+            self.graph.replay()
+        return self.losses
 
 
 @dataclass
@@ -97,11 +169,20 @@ class StyleBatch:
     steps are done, when its `should_stop` says so (Cancelled) or when its loss diverges.
     Every row keeps its own step count, optimiser state, options and progress, so a job's
     result does not depend on who it shared the batch with (up to floating-point rounding).
+
+    CUDA graphs (`cuda_graphs`, CUDA only): once the membership has been the same for
+    GRAPH_WARMUP_STEPS eager steps, one whole step (forward, losses, backward, gradient mask,
+    optimizer step) is captured and every following step is one replay of it, so the host
+    never waits for the device and launches one graph, not hundreds of kernels. The graph
+    reads and writes the batch's tensors in place (pixels, targets, weights, region masks,
+    optimizer state); any membership change reallocates them, so it discards the graph and
+    the next steps run eagerly until it is captured again. A capture that fails leaves the
+    batch eager for the rest of its life, with one warning.
     """
 
     def __init__(self, vgg: VGG19Features, key: tuple[object, ...], options: StyleOptions, *,
                  device: torch.device, space: InputSpace = CAFFE,
-                 gram_cache: GramCache | None = None) -> None:
+                 gram_cache: GramCache | None = None, cuda_graphs: bool = True) -> None:
         if options.optimizer == "lbfgs" and options.precision == "bf16":
             # Measured: at 128 px the first L-BFGS step is tiny, the next gradient differs
             # from the first by bf16 rounding noise only, and the curvature pair built from
@@ -118,6 +199,11 @@ class StyleBatch:
         self.optimizer: BatchedLBFGS | BatchedAdam | None = None
         self._regions: Regions | None = None  # set while any row is padded to the bucket
         self._bounds = space.pixel_bounds(device)
+        self._graphs = cuda_graphs and device.type == "cuda"  # nothing to capture elsewhere
+        self._graph: _StepGraph | None = None
+        self._eager_steps = 0  # eager steps since the membership last changed
+        self.graph_captures = 0
+        self.graph_replays = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -127,6 +213,7 @@ class StyleBatch:
         if batch_key(job.options, job.content.shape) != self.key:
             raise ValueError("a job can only join a batch of its own batch key")
         row = _prepare(self.vgg, job, self.space, self.device, self.gram_cache)
+        self._membership_changed()
         o = job.options
         weights = torch.tensor([[o.content_weight, o.style_weight, o.tv_weight]],
                                device=self.device)
@@ -158,8 +245,16 @@ class StyleBatch:
         lr = self.loop.adam_lr / float(torch.tensor(self.space.std).mean()) / self.space.scale
         return BatchedAdam(x, lr=lr)
 
+    def _membership_changed(self) -> None:
+        """Forget the captured step: it points at tensors that are about to be replaced."""
+        self._graph = None
+        self._eager_steps = 0
+        if self.x is not None:
+            self.x.grad = None  # a graph's gradient lives in its memory pool: let it go
+
     def _drop(self, rows: Collection[int]) -> None:
         """Remove these rows, freeing their memory."""
+        self._membership_changed()
         assert self.x is not None and self.optimizer is not None
         assert self.content_targets is not None and self.weights is not None
         kept = [r for r in range(len(self.rows)) if r not in rows]
@@ -189,22 +284,9 @@ class StyleBatch:
             self._drop(stopped)
         if not self.rows:
             return outcomes
-        x, optimizer = self.x, self.optimizer
-        assert x is not None and optimizer is not None
-        assert self.content_targets is not None and self.weights is not None
-        x.grad = None
-        total, content_loss, style_loss, tv_loss = batch_losses(
-            self.vgg, x, self.content_targets, self.grams, self.weights, self.loop,
-            self._regions)
-        # Tensor.backward is unannotated in torch's stubs; this is the function it calls.
-        torch.autograd.backward(total.sum())
-        assert x.grad is not None
-        if self._regions is not None:
-            x.grad.mul_(self._regions.pixels())  # padding stays zero
-        if isinstance(optimizer, BatchedLBFGS):
-            optimizer.step(x, x.grad)  # unconstrained: the result is clamped when decoded
-        else:
-            optimizer.step(x, x.grad, bounds=self._bounds)
+        x = self.x
+        assert x is not None
+        total, content_loss, style_loss, tv_loss = self._advance()
         for row in self.rows:
             row.step += 1
         due = [_due(row.options, row.step) for row in self.rows]
@@ -238,6 +320,63 @@ class StyleBatch:
             self._drop(diverged + finished)
         return outcomes
 
+    def _advance(self) -> StepLosses:
+        """Take one step: a replay of the captured graph when there is one, else eagerly."""
+        if self._graphs and self._graph is None and self._eager_steps >= GRAPH_WARMUP_STEPS:
+            self._graph = self._capture()
+        if self._graph is not None:
+            self.graph_replays += 1
+            return self._graph.replay()
+        if not self._graphs:
+            return self._compute_step()
+        # Warm-up on the capture's stream (the CUDA graphs docs ask for a side stream):
+        # lazily made per-stream state, such as cuBLAS workspaces, is made here and not
+        # inside the graph's memory pool.
+        with _on_side_stream(self.device):
+            losses = self._compute_step()
+        self._eager_steps += 1
+        return losses
+
+    def _capture(self) -> _StepGraph | None:
+        """The step captured in a CUDA graph; None (and eager from now on) if that fails."""
+        assert self.x is not None
+        # The gradient is allocated inside the capture, in the graph's memory, where the
+        # replays write it.
+        self.x.grad = None
+        try:
+            with _capture_lock:
+                graph = _StepGraph(self._compute_step, self.device)
+        except Exception:
+            log.warning("capturing a step of style batch %s in a CUDA graph failed; the batch "
+                        "runs eagerly", self.key, exc_info=True)
+            self._graphs = False
+            if self.x is not None:
+                self.x.grad = None
+            return None
+        self.graph_captures += 1
+        return graph
+
+    def _compute_step(self) -> StepLosses:
+        """One step for every row, all of it on the device (so that it can be captured):
+        losses, backward, gradient mask, optimizer step. Returns each row's losses."""
+        x, optimizer = self.x, self.optimizer
+        assert x is not None and optimizer is not None
+        assert self.content_targets is not None and self.weights is not None
+        x.grad = None
+        total, content_loss, style_loss, tv_loss = batch_losses(
+            self.vgg, x, self.content_targets, self.grams, self.weights, self.loop,
+            self._regions)
+        # Tensor.backward is unannotated in torch's stubs; this is the function it calls.
+        torch.autograd.backward(total.sum())
+        assert x.grad is not None
+        if self._regions is not None:
+            x.grad.mul_(self._regions.pixels())  # padding stays zero
+        if isinstance(optimizer, BatchedLBFGS):
+            optimizer.step(x, x.grad)  # unconstrained: the result is clamped when decoded
+        else:
+            optimizer.step(x, x.grad, bounds=self._bounds)
+        return total.detach(), content_loss.detach(), style_loss.detach(), tv_loss.detach()
+
     def _results(self, rows: list[int]) -> list[Outcome]:
         """The finished rows' images and final losses (one more forward pass, no grad)."""
         assert self.x is not None and self.content_targets is not None
@@ -269,12 +408,15 @@ def stylize_batch(
     device: torch.device,
     space: InputSpace = CAFFE,
     gram_cache: GramCache | None = None,
+    cuda_graphs: bool = True,
 ) -> list[StyleResult | Exception]:
     """Optimise jobs of one batch key together until each is done; returns, per job, its
-    result or the exception that ended it (Cancelled when its `should_stop` said so)."""
+    result or the exception that ended it (Cancelled when its `should_stop` said so).
+    `cuda_graphs`: replay the step from a CUDA graph while the batch does not change (CUDA
+    only; see StyleBatch)."""
     key = batch_key(jobs[0].options, jobs[0].content.shape)
     batch = StyleBatch(vgg, key, jobs[0].options, device=device, space=space,
-                       gram_cache=gram_cache)
+                       gram_cache=gram_cache, cuda_graphs=cuda_graphs)
     outcomes: dict[int, StyleResult | Exception] = {}
     for job in jobs:
         if batch_key(job.options, job.content.shape) != key:
@@ -306,10 +448,12 @@ def stylize(
     on_progress: Callable[[Progress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     gram_cache: GramCache | None = None,
+    cuda_graphs: bool = True,
 ) -> StyleResult:
     """Paint `content` in the style of `styles`; returns the image and its final losses."""
     job = StyleJob(content, styles, options, on_progress, should_stop)
-    (outcome,) = stylize_batch(vgg, [job], device=device, space=space, gram_cache=gram_cache)
+    (outcome,) = stylize_batch(vgg, [job], device=device, space=space, gram_cache=gram_cache,
+                               cuda_graphs=cuda_graphs)
     if isinstance(outcome, Exception):
         raise outcome
     return outcome

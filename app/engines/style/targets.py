@@ -29,8 +29,11 @@ def features(vgg: VGG19Features, x: torch.Tensor, layers: Sequence[str],
     if options.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     keep = None if regions is None else regions.inside
+    # No cast cache: a captured step (CUDA graphs) must not keep casts made outside its
+    # memory, and here it saves nothing (the weights need no grad, so are never cached,
+    # and x is cast once per pass).
     with torch.autocast(x.device.type, dtype=torch.bfloat16,
-                        enabled=options.precision == "bf16"):
+                        enabled=options.precision == "bf16", cache_enabled=False):
         activations: dict[str, torch.Tensor] = vgg(x, layers, keep)
         return activations
 
