@@ -370,6 +370,8 @@ async def test_api_keys_guard_the_api(keyed: InProcess) -> None:
     assert_problem(basic, 401, "unauthorized")
     assert keyed.runtime.computed == []
     assert (await client.get("/jobs/0123456789abcdef")).status_code == 401
+    # Under the public /studio/ mount, but a job's: needs the key as /jobs/ does.
+    assert (await client.get("/studio/jobs/0123456789abcdef/queue")).status_code == 401
     assert (await client.get("/metrics")).status_code == 401
     right = await client.post("/generate", json={"seed": 1}, headers=bearer(KEY))
     assert right.status_code == 200
@@ -380,7 +382,7 @@ async def test_api_keys_guard_the_api(keyed: InProcess) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/", "/studio/studio.js", "/docs",
-                                  "/openapi.json",
+                                  "/studio/config", "/openapi.json",
                                   "/static-offline-docs/swagger-ui-bundle.js"])
 async def test_health_studio_and_docs_need_no_key(keyed: InProcess, path: str) -> None:
     response = await keyed.client.get(path)

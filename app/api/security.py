@@ -52,6 +52,8 @@ CORS_EXPOSE_HEADERS = ("X-Job-Id", "X-Seed", "X-Model", "X-Request-ID", "Locatio
 # Answerable without a key: health checks, the studio page and its assets, the API docs.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/", "/studio", "/docs"})
 PUBLIC_MOUNTS = frozenset({"studio", "static-offline-docs"})
+# Under a public mount but about a job: these need the key that made the job, as /jobs/ do.
+PRIVATE_PREFIXES = ("/studio/jobs/",)
 
 
 # ---- problem types ------------------------------------------------------------------------
@@ -382,24 +384,27 @@ def load_api_keys(settings: Settings) -> list[str]:
 
 class ApiKeys:
     """401 unless the request carries `Authorization: Bearer <one of the keys>`, except on
-    the public paths. Keys are compared as SHA-256 digests with `hmac.compare_digest`, all
-    of them every time; the key itself is never logged or echoed."""
+    the public paths (but not those under `private_prefixes`). Keys are compared as SHA-256
+    digests with `hmac.compare_digest`, all of them every time; the key itself is never
+    logged or echoed."""
 
     def __init__(self, app: ASGIApp, *, keys: Iterable[str], public_paths: Iterable[str],
-                 public_prefixes: Iterable[str]) -> None:
+                 public_prefixes: Iterable[str], private_prefixes: Iterable[str] = ()) -> None:
         self.app = app
         self.keys = [(hashlib.sha256(k.encode()).digest(), key_id(k)) for k in keys]
         if not self.keys:
             raise ValueError("ApiKeys needs at least one key")
         self.public_paths = frozenset(public_paths)
         self.public_prefixes = tuple(public_prefixes)
+        self.private_prefixes = tuple(private_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        if path in self.public_paths or path.startswith(self.public_prefixes):
+        if (path in self.public_paths or path.startswith(self.public_prefixes)) and (
+                not path.startswith(self.private_prefixes)):
             await self.app(scope, receive, send)
             return
         credentials = None
@@ -453,7 +458,8 @@ def install(app: FastAPI, settings: Settings) -> None:
     keys = load_api_keys(settings)
     if keys or settings.api_keys_file is not None:
         paths, prefixes = _public(app)
-        app.add_middleware(ApiKeys, keys=keys, public_paths=paths, public_prefixes=prefixes)
+        app.add_middleware(ApiKeys, keys=keys, public_paths=paths, public_prefixes=prefixes,
+                           private_prefixes=PRIVATE_PREFIXES)
     origins = cors_origins(settings)
     if origins:
         app.add_middleware(

@@ -5,6 +5,7 @@
 import {
   $, app, el, api, ApiError, fieldSentence, showError, clearError, clearErrors, setStatus, clearStatus,
   announce, formatNumber, shellQuote, curlLines, copyText, thumbnail, download, extensionOf,
+  curlAuthLine, CURL_KEY_NOTE,
 } from "./lib.js";
 import * as store from "./store.js";
 import * as stylize from "./stylize.js";
@@ -292,13 +293,14 @@ async function copyCurl(prefix) {
     : `walk.${body.format === "png" ? "png" : body.format}`;
   const command = curlLines([
     `curl -sS --fail-with-body -X POST ${shellQuote(location.origin + path)}`,
+    curlAuthLine(),
     "-H 'Content-Type: application/json'",
     `-d ${shellQuote(JSON.stringify(clean))}`,
     `-o ${output}`,
-  ]);
+  ].filter(Boolean));
   const copied = await copyText(command);
   setStatus(`${prefix}-curl-status`, [
-    copied ? `Copied the curl command for these settings${prefix === "gen" && body.n > 1 ? " (several faces come back as one grid image)" : ""}.` : "Your browser did not allow copying: select the command below.",
+    copied ? `Copied the curl command for these settings${prefix === "gen" && body.n > 1 ? " (several faces come back as one grid image)" : ""}.${curlAuthLine() ? CURL_KEY_NOTE : ""}` : "Your browser did not allow copying: select the command below.",
     el("details", { open: !copied }, el("summary", { text: "Show the command" }), el("pre", { class: "command", text: command })),
   ], copied ? "ok" : "");
 }

@@ -1,7 +1,9 @@
 // Atelier studio: the History panel (this browser's jobs and generations).
 "use strict";
 
-import { $, app, el, setStatus, clearStatus, formatDuration, timeAgo, download, extensionOf, stem } from "./lib.js";
+import {
+  $, app, el, setStatus, clearStatus, formatDuration, timeAgo, download, extensionOf, stem, keyMismatch,
+} from "./lib.js";
 import * as store from "./store.js";
 import * as stylize from "./stylize.js";
 import * as faces from "./faces.js";
@@ -12,6 +14,8 @@ let rendering = Promise.resolve();
 
 export function init() {
   store.changes.addEventListener("change", () => { rendering = rendering.then(render, render); });
+  // Another API key (or none): which jobs it can reach changes.
+  app.events.addEventListener("key", () => { rendering = rendering.then(render, render); });
   $("history-clear").addEventListener("click", async () => {
     if (!window.confirm("Remove every entry of this browser's history? Running jobs carry on on the server.")) return;
     await store.clear();
@@ -61,6 +65,9 @@ async function render() {
 
 function item(entry) {
   const live = entry.status === "queued" || entry.status === "running";
+  // The server shows a job only to the key that made it: its result is kept here all the
+  // same (Open, Download, Re-run with this key), but it cannot be followed or canceled.
+  const otherKey = keyMismatch(entry);
   const title = entry.title || KIND[entry.kind];
   const thumb = entry.thumb
     ? el("img", { class: `thumb${entry.kind === "stylize" ? "" : " pixelated"}`, src: entry.thumb, alt: "" })
@@ -71,16 +78,20 @@ function item(entry) {
   if (entry.result || entry.images) {
     actions.append(el("button", { type: "button", text: "Download", "aria-label": `Download ${title}`, onclick: () => downloadEntry(entry) }));
   }
-  if (live) {
+  if (live && !otherKey) {
     actions.append(el("button", { type: "button", text: "Show progress", onclick: () => app.selectTab("stylize") }));
     actions.append(el("button", { type: "button", text: "Cancel", "aria-label": `Cancel ${title}`, onclick: () => cancelEntry(entry) }));
   }
   actions.append(el("button", { type: "button", class: "quiet", text: "Delete", "aria-label": `Delete ${title} from the history`, onclick: () => store.remove(entry.id) }));
-  return el("li", { dataset: { kind: entry.kind, status: entry.status, id: entry.id } },
+  const keyNote = otherKey && live
+    ? el("p", { class: "key-note", text: "The server shows a job only to the API key that made it: use that key to follow or cancel this one." })
+    : null;
+  return el("li", { dataset: { kind: entry.kind, status: entry.status, id: entry.id, ...(otherKey ? { key: "other" } : {}) } },
     thumb,
     el("div", {},
       el("h3", { text: `${KIND[entry.kind]}: ${title}` }),
-      el("p", { class: "meta", text: [timeAgo(entry.createdAt), statusText(entry), describe(entry)].filter(Boolean).join(" · ") }),
+      el("p", { class: "meta", text: [timeAgo(entry.createdAt), statusText(entry), describe(entry), otherKey].filter(Boolean).join(" · ") }),
+      keyNote,
       actions));
 }
 

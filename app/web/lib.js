@@ -21,7 +21,7 @@ export function el(tag, props = {}, ...children) {
   return node;
 }
 
-// ---- API calls -----------------------------------------------------------------------
+// ---- errors of API calls ----------------------------------------------------------------
 
 /** A failed call, as a sentence; `fields` lists [{field, message}] when the server named them. */
 export class ApiError extends Error {
@@ -41,23 +41,172 @@ function sentence(text) {
   return /[.!?)]$/.test(first) ? first : `${first}.`;
 }
 
+// ---- the API key, when the server asks for one ------------------------------------------
+// Kept in sessionStorage (this tab, until it is closed), or in localStorage once the user
+// ticks "Remember on this device"; sent only in the Authorization header of this page's own
+// requests to its own server. Never put in a URL, never logged, never shown in a message.
+
+const KEY_ITEM = "atelier-api-key";
+
+/** `required`: this server asks for a key (from /studio/config, or learnt from a 401).
+ *  `tag`: the id of the key in use (`keyTag`), null without one. */
+export const auth = { required: false, tag: null };
+let memoryKey = null; // when the browser allows no storage at all
+
+function storage(kind) {
+  try { return window[kind] || null; } catch (_) { return null; } // blocked: access throws
+}
+
+function readItem(kind) {
+  try { return storage(kind)?.getItem(KEY_ITEM) || null; } catch (_) { return null; }
+}
+
+function removeItem(kind) {
+  try { storage(kind)?.removeItem(KEY_ITEM); } catch (_) { /* nothing kept there */ }
+}
+
+/** The key this page sends: null while the server asks for none, or none is set. */
+export function apiKey() {
+  if (!auth.required) return null;
+  return readItem("sessionStorage") || readItem("localStorage") || memoryKey;
+}
+
+/** Whether the key is kept on this device (localStorage) rather than in this tab. */
+export function keyRemembered() {
+  return readItem("localStorage") != null;
+}
+
+/** Keep `key`, in this tab only unless `remember`; the other storage is cleared. */
+export function setApiKey(key, { remember = false } = {}) {
+  removeItem("sessionStorage");
+  removeItem("localStorage");
+  memoryKey = null;
+  try {
+    storage(remember ? "localStorage" : "sessionStorage").setItem(KEY_ITEM, key);
+  } catch (_) {
+    memoryKey = key; // storage blocked or full: this page only
+  }
+  auth.tag = keyTag(key);
+  app.events.dispatchEvent(new Event("key"));
+}
+
+export function forgetApiKey() {
+  removeItem("sessionStorage");
+  removeItem("localStorage");
+  memoryKey = null;
+  auth.tag = null;
+  app.events.dispatchEvent(new Event("key"));
+}
+
+/** A key's id, as the server logs it (the first 12 hex digits of its SHA-256): stored with
+ *  the history's jobs to know which key made them, without storing the key. */
+export function keyTag(key) {
+  return key ? sha256Hex(key).slice(0, 12) : null;
+}
+
+/** Why the server will not show this history entry's job to the key in use (it answers 404
+ *  to any key but the one that made a job), or null when it will (or keys are off). */
+export function keyMismatch(entry) {
+  if (!auth.required || !auth.tag || entry.kind !== "stylize") return null;
+  const tag = entry.keyTag || null;
+  if (tag === auth.tag) return null;
+  return tag ? "made with another API key" : "made before this server asked for an API key";
+}
+
+const ror = (x, n) => (x >>> n) | (x << (32 - n));
+
+/** SHA-256 of a string, in hex. Here rather than crypto.subtle, which a page served over
+ *  plain HTTP from another machine than this one (not a secure context) does not have. */
+export function sha256Hex(text) {
+  const K = [];
+  const H = [];
+  // The constants: fractional parts of the square and cube roots of the first primes.
+  for (let n = 2; K.length < 64; n++) {
+    let prime = true;
+    for (let d = 2; d * d <= n; d++) if (n % d === 0) { prime = false; break; }
+    if (!prime) continue;
+    if (H.length < 8) H.push(((Math.sqrt(n) % 1) * 2 ** 32) | 0);
+    K.push(((Math.cbrt(n) % 1) * 2 ** 32) | 0);
+  }
+  const bytes = new TextEncoder().encode(text);
+  const padded = new Uint8Array(((bytes.length + 72) >> 6) << 6);
+  padded.set(bytes);
+  padded[bytes.length] = 0x80;
+  const view = new DataView(padded.buffer);
+  view.setUint32(padded.length - 8, Math.floor(bytes.length / 2 ** 29));
+  view.setUint32(padded.length - 4, (bytes.length * 8) >>> 0);
+  const w = new Int32Array(64);
+  for (let offset = 0; offset < padded.length; offset += 64) {
+    for (let i = 0; i < 16; i++) w[i] = view.getInt32(offset + i * 4);
+    for (let i = 16; i < 64; i++) {
+      const s0 = ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >>> 3);
+      const s1 = ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >>> 10);
+      w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
+    }
+    let [a, b, c, d, e, f, g, h] = H;
+    for (let i = 0; i < 64; i++) {
+      const t1 = (h + (ror(e, 6) ^ ror(e, 11) ^ ror(e, 25)) + ((e & f) ^ (~e & g)) + K[i] + w[i]) | 0;
+      const t2 = ((ror(a, 2) ^ ror(a, 13) ^ ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+      [h, g, f, e, d, c, b, a] = [g, f, e, (d + t1) | 0, c, b, a, (t1 + t2) | 0];
+    }
+    [a, b, c, d, e, f, g, h].forEach((x, i) => { H[i] = (H[i] + x) | 0; });
+  }
+  return H.map((x) => (x >>> 0).toString(16).padStart(8, "0")).join("");
+}
+
+/** `headers` (any form fetch takes) plus the API key's Authorization, when one is set. */
+export function authHeaders(headers = {}) {
+  const merged = new Headers(headers);
+  const key = apiKey();
+  if (key && !merged.has("Authorization")) merged.set("Authorization", `Bearer ${key}`);
+  return merged;
+}
+
+// ---- API calls -------------------------------------------------------------------------
+
+/** Every call of the page to its server: with the API key when one is set. */
 export async function api(path, options = {}) {
+  const headers = authHeaders(options.headers);
   let response;
   try {
-    response = await fetch(path, options);
+    response = await fetch(path, { ...options, headers });
   } catch (err) {
     throw new ApiError(`Could not reach the service (${err.message}). Check that it is running, then try again.`);
   }
   if (response.ok) return response;
+  throw await responseError(response, headers.has("Authorization"));
+}
+
+/** The ApiError for a refused request (its problem document read). A 401 says whether the
+ *  key was missing or refused (`sentKey`), and tells the page's key field (event
+ *  "unauthorized"). */
+export async function responseError(response, sentKey) {
   let problem = null;
   try { problem = await response.json(); } catch (_) { /* not JSON */ }
   const retryAfter = response.headers.get("Retry-After");
-  let text = problem
-    ? sentence(`${problem.title || response.status}${problem.detail ? ": " + problem.detail : ""}`)
-    : sentence(`${response.status} ${response.statusText}`);
+  let text;
+  if (response.status === 401) {
+    auth.required = true;
+    app.events.dispatchEvent(new CustomEvent("unauthorized", { detail: { refused: sentKey } }));
+    text = sentKey
+      ? "The server refused the API key: check it in the API key field at the top of the page."
+      : "This server needs an API key: enter it in the API key field at the top of the page.";
+  } else {
+    text = problem
+      ? sentence(`${problem.title || response.status}${problem.detail ? ": " + problem.detail : ""}`)
+      : sentence(`${response.status} ${response.statusText}`);
+  }
   if (retryAfter) text += ` Try again in ${retryAfter} s.`;
-  throw new ApiError(text, { status: response.status, problem, retryAfter });
+  return new ApiError(text, { status: response.status, problem, retryAfter });
 }
+
+/** With API keys on, the header line a curl command needs (the key from the environment, as
+ *  the CLI reads it: never the key itself on the clipboard); else null. */
+export function curlAuthLine() {
+  return auth.required ? `-H "Authorization: Bearer $ATELIER_API_KEY"` : null;
+}
+
+export const CURL_KEY_NOTE = " Set ATELIER_API_KEY to your API key first.";
 
 /** The sentence for one field error of a problem document: "<title>: <message>." */
 export function fieldSentence(error, item) {

@@ -8,6 +8,7 @@ import * as store from "./store.js";
 import * as stylize from "./stylize.js";
 import * as faces from "./faces.js";
 import * as history from "./history.js";
+import * as key from "./key.js";
 
 const TABS = ["stylize", "faces", "walk", "history"];
 
@@ -81,6 +82,7 @@ async function main() {
     return;
   }
   app.config = config;
+  key.init(config);
   stylize.init(config);
   faces.init(config);
   credits(config);
@@ -94,9 +96,14 @@ async function main() {
     } catch (_) { /* keep the old estimates */ }
   });
   await history.init();
-  try {
-    await stylize.resume(await store.all());
-  } catch (_) { /* no IndexedDB: nothing to resume */ }
+  const resume = async () => {
+    try {
+      await stylize.resume(await store.all());
+    } catch (_) { /* no IndexedDB: nothing to resume */ }
+  };
+  // A key accepted: the jobs it made can be followed now.
+  app.events.addEventListener("key-accepted", resume);
+  await resume();
   document.body.dataset.ready = "true";
 }
 

@@ -5,17 +5,20 @@ import {
   $, app, el, api, ApiError, fieldSentence, showError, clearError, clearErrors, setStatus,
   clearStatus, announce, formatDuration, formatBytes, formatNumber, ordinal, stem, shellQuote,
   curlLines, copyText, clipboardImage, imagesFromTransfer, imageSize, thumbnail, extensionOf,
+  auth, apiKey, keyMismatch, curlAuthLine, CURL_KEY_NOTE,
 } from "./lib.js";
+import { followEvents } from "./sse.js";
 import * as store from "./store.js";
 
 const LIVE = new Set(["queued", "running"]);
+const RESTARTING = "The server is restarting: the job runs again when it is back. This page reconnects by itself.";
 const FORM_OVERHEAD = 4096; // multipart framing and the option fields, in bytes
 
 const S = {
   content: null, // {blob, name, url, size, exampleId, title}
   styles: [], // [{blob, name, url, weight, exampleId, title}]
   job: null, // {id, entryId, status, steps, before, final}
-  events: null,
+  events: null, // the job's event stream: {close()}
   queueTimer: null,
   queueText: "",
   result: null, // {url, blob, mediaType, width, height, name}
@@ -555,7 +558,7 @@ async function start() {
   }
   const entry = {
     id: store.newId(), kind: "stylize", createdAt: Date.now(), status: doc.status, jobId: doc.id,
-    title: titleOf(), settings,
+    title: titleOf(), settings, keyTag: auth.tag, // the job is visible to this key only
     inputs: {
       content: { blob: S.content.blob, name: S.content.name, exampleId: S.content.exampleId, title: S.content.title },
       styles: S.styles.map((st) => ({ blob: st.blob, name: st.name, weight: st.weight, exampleId: st.exampleId, title: st.title })),
@@ -568,10 +571,10 @@ async function start() {
 }
 
 /** Follow a job in the result pane: from a new submission, or found again after a reload. */
-function attach(doc, entryId, beforeUrl, beforeSize, { resumed = false } = {}) {
+function attach(doc, entryId, beforeUrl, beforeSize, { resumed = false, keyTag = auth.tag } = {}) {
   closeEvents();
   S.job = { id: doc.id, entryId, status: doc.status, steps: doc.steps, before: beforeUrl, final: false,
-    size: doc.options?.size, name: outputName(doc) };
+    size: doc.options?.size, name: outputName(doc), keyTag };
   S.result = null;
   S.queueText = "";
   $("st-start").disabled = true;
@@ -594,33 +597,50 @@ function outputName(doc) {
   return `${content}-${style}.${ext}`;
 }
 
+/** Follow the job's events (sse.js: with the API key; it reconnects by itself, resuming
+ *  after the last event seen). */
 function follow(jobId) {
-  const events = new EventSource(`/jobs/${jobId}/events`);
-  S.events = events;
-  const data = (e) => JSON.parse(e.data);
-  events.addEventListener("progress", (e) => showProgress(data(e)));
-  events.addEventListener("preview", (e) => showPreview(data(e)));
-  events.addEventListener("succeeded", (e) => finished(data(e)));
-  events.addEventListener("failed", (e) => finished(data(e)));
-  events.addEventListener("canceled", (e) => finished(data(e)));
-  events.addEventListener("interrupted", () => {
-    // Re-queued by a restarting server: it starts again from step 0.
-    Object.assign(S.job, { status: "queued", step: 0, previewStep: 0 });
-    setState("queued", "The server is restarting: the job runs again when it is back. This page reconnects by itself.");
-  });
-  events.onerror = async () => {
-    if (S.events !== events || !jobActive()) return;
-    if (events.readyState === EventSource.CONNECTING) {
-      setState(S.job.status, "Connection lost: reconnecting…");
-      return;
-    }
-    // Closed for good (e.g. the job expired): ask once where it stands.
-    try {
-      finished(await (await api(`/jobs/${jobId}`)).json());
-    } catch (err) {
-      finishedUnknown(err);
-    }
+  const handlers = {
+    progress: showProgress,
+    preview: showPreview,
+    succeeded: finished,
+    failed: finished,
+    canceled: finished,
+    interrupted: () => {
+      // Re-queued by a restarting server: it starts again from step 0.
+      Object.assign(S.job, { status: "queued", step: 0, previewStep: 0, restarting: true });
+      setState("queued", RESTARTING);
+    },
   };
+  let lost = false;
+  const events = followEvents(`/jobs/${jobId}/events`, {
+    onEvent: (event) => {
+      const handle = handlers[event.type];
+      if (handle && S.events === events) handle(event.data ? JSON.parse(event.data) : {});
+    },
+    onState: (state) => {
+      if (S.events !== events || !jobActive()) return;
+      if (state === "reconnecting") {
+        lost = true;
+        if (!S.job.restarting) setState(S.job.status, "Connection lost: reconnecting…");
+      } else if (lost) {
+        lost = false;
+        setState(S.job.status, S.job.restarting ? RESTARTING : progressLine(S.job.lastDoc || { status: S.job.status }));
+      }
+    },
+    onError: async (err) => {
+      if (S.events !== events || !jobActive()) return;
+      // No key, a refused one, or no such job (expired, or another key's): say so.
+      if (err.status === 401 || err.status === 404) return finishedUnknown(err);
+      // Refused otherwise: ask once where the job stands.
+      try {
+        finished(await (await api(`/jobs/${jobId}`)).json());
+      } catch (e) {
+        finishedUnknown(e);
+      }
+    },
+  });
+  S.events = events;
 }
 
 function closeEvents() {
@@ -656,6 +676,8 @@ function showProgress(doc) {
   if (doc.status === S.job.status && doc.step != null && doc.step < (S.job.step || 0)) return;
   if (doc.status === "queued" && S.job.status === "running") return;
   S.job.status = doc.status;
+  S.job.lastDoc = doc;
+  S.job.restarting = false;
   if (doc.step != null) S.job.step = doc.step;
   $("st-progress-wrap").hidden = false;
   $("st-progress").value = doc.fraction || 0;
@@ -754,7 +776,20 @@ function finishedUnknown(err) {
   $("st-cancel").disabled = true;
   $("st-start").disabled = false;
   $("st-progress-wrap").hidden = true;
+  if (err instanceof ApiError && err.status === 401) {
+    // The job runs on: it is followed again once the key is there (studio.js).
+    setState(S.job.status, "Waiting for the API key: this page follows the job again once the key is accepted.");
+    showError("st-action-error", err.message, $("st-start"), { scroll: false });
+    return;
+  }
   const gone = err instanceof ApiError && err.status === 404;
+  const entry = { kind: "stylize", keyTag: S.job.keyTag };
+  const other = gone && keyMismatch(entry);
+  if (other) {
+    setState(S.job.status, `This job was ${other}, and the server shows a job only to the key that made it.`);
+    clearStatus("st-action-status");
+    return;
+  }
   setState(gone ? "expired" : "failed", gone ? "The server no longer knows this job (it expired or the server's job store was reset)." : "");
   if (!gone) showError("st-action-error", err.message, $("st-start"));
   else clearStatus("st-action-status");
@@ -903,15 +938,16 @@ async function copyCurl() {
   const output = `${stem(S.content.name)}-${stem(S.styles[0].name)}.${ext}`;
   const command = curlLines([
     `curl -sS --fail-with-body -X POST ${shellQuote(`${origin}/stylize`)}`,
+    curlAuthLine(),
     `-F ${shellQuote(`content=@${curlFile(S.content.name)}`)}`,
     ...S.styles.map((st) => `-F ${shellQuote(`style=@${curlFile(st.name)}`)}`),
     ...apiFields(settings, S.styles, { previews: false }).map(([k, v]) => `-F ${shellQuote(`${k}=${v}`)}`),
     `-o ${shellQuote(output)}`,
-  ]);
+  ].filter(Boolean));
   const text = [...downloads, command].join("\n");
   const copied = await copyText(text);
   const own = [S.content, ...S.styles].filter((img) => !img.exampleId).map((img) => img.name);
-  const note = own.length ? ` It reads ${own.join(", ")} from the current folder.` : "";
+  const note = (own.length ? ` It reads ${own.join(", ")} from the current folder.` : "") + (curlAuthLine() ? CURL_KEY_NOTE : "");
   setStatus("st-curl-status", [
     copied ? `Copied the curl command for these settings.${note}` : "Your browser did not allow copying: select the command below.",
     el("details", { open: !copied }, el("summary", { text: "Show the command" }), el("pre", { class: "command", text })),
@@ -966,13 +1002,20 @@ export async function rerun(entry) {
   await start();
 }
 
-/** After a reload: follow the newest unfinished job of the history again; refresh the
- *  others' status in the background. */
+/** After a reload (or once an API key is accepted): follow the newest unfinished job of the
+ *  history again; refresh the others' status in the background. Jobs another API key made
+ *  are left alone: the server shows them to that key only (the history says so). */
 export async function resume(entries) {
-  const live = entries.filter((e) => e.kind === "stylize" && LIVE.has(e.status));
-  for (const entry of live.slice(1)) refreshEntry(entry);
+  if (auth.required && !apiKey()) return; // nothing on the server can be reached yet
+  const live = entries.filter((e) => e.kind === "stylize" && LIVE.has(e.status) && !keyMismatch(e)
+    && !(jobActive() && e.jobId === S.job.id));
+  if (jobActive()) {
+    for (const other of live) refreshEntry(other);
+    return;
+  }
+  for (const other of live.slice(1)) refreshEntry(other);
   const entry = live[0];
-  if (!entry || jobActive()) return;
+  if (!entry) return;
   let doc;
   try {
     doc = await (await api(`/jobs/${entry.jobId}`)).json();
@@ -980,12 +1023,14 @@ export async function resume(entries) {
     if (err instanceof ApiError && err.status === 404) await store.update(entry.id, { status: "expired" });
     return;
   }
+  if (jobActive()) return; // a job started meanwhile
   await restoreInputs(entry);
-  attach(doc, entry.id, S.content.url, S.content.size, { resumed: true });
+  attach(doc, entry.id, S.content.url, S.content.size, { resumed: true, keyTag: entry.keyTag ?? null });
   if (!LIVE.has(doc.status)) finished(doc);
 }
 
 async function refreshEntry(entry) {
+  if (keyMismatch(entry) || (auth.required && !apiKey())) return; // the key changed meanwhile
   try {
     const doc = await (await api(`/jobs/${entry.jobId}`)).json();
     const fields = { status: doc.status, step: doc.step };
@@ -996,7 +1041,7 @@ async function refreshEntry(entry) {
     await store.update(entry.id, fields);
     if (LIVE.has(doc.status)) setTimeout(() => refreshEntry(entry), 3000);
   } catch (err) {
-    if (err instanceof ApiError && err.status === 404) await store.update(entry.id, { status: "expired" });
+    if (err instanceof ApiError && err.status === 404 && !keyMismatch(entry)) await store.update(entry.id, { status: "expired" });
   }
 }
 

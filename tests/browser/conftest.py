@@ -48,8 +48,9 @@ def browser() -> Iterator[Any]:
         browser.close()
 
 
-def studio_settings(tmp: Path) -> Any:
-    return make_settings(jobs_dir=tmp, max_upload_bytes=MAX_UPLOAD, progress_every=1)
+def studio_settings(tmp: Path, **overrides: Any) -> Any:
+    return make_settings(jobs_dir=tmp, max_upload_bytes=MAX_UPLOAD, progress_every=1,
+                         **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -77,24 +78,26 @@ class Offline:
 
 class Jobs:
     """The style jobs a page started (from the 202 answers it got), cancelled at teardown so
-    that a long job of one test never holds the worker during the next."""
+    that a long job of one test never holds the worker during the next (with the API key the
+    page sent, when it sent one)."""
 
     def __init__(self, server: LiveServer) -> None:
         self.server = server
-        self.ids: list[str] = []
+        self.ids: list[tuple[str, dict[str, str]]] = []
 
     def __call__(self, response: Any) -> None:
         if response.request.method == "POST" and response.url.endswith("/stylize") and (
                 response.status == 202):
             job_id = response.headers.get("x-job-id")
             if job_id:
-                self.ids.append(job_id)
+                key = response.request.headers.get("authorization")
+                self.ids.append((job_id, {"Authorization": key} if key else {}))
 
     def cancel_all(self) -> None:
         with httpx.Client(base_url=self.server.url, timeout=30) as client:
-            for job_id in self.ids:
+            for job_id, headers in self.ids:
                 try:
-                    client.delete(f"/jobs/{job_id}")
+                    client.delete(f"/jobs/{job_id}", headers=headers)
                 except httpx.TransportError:
                     return  # that server has stopped: nothing runs there any more
 

@@ -84,12 +84,21 @@ def test_queue_positions_and_their_privacy(studio_server: LiveServer, real_catal
         finally:
             for job in reversed(jobs):
                 client.delete(f"/jobs/{job}")
-    # With API keys on, /studio/ is public: a job id must not tell anything there.
-    keyed = make_settings(jobs_dir=tmp_path, api_keys="k" * 32)
+    # With API keys on, the page's config stays public (it says that keys are on), while a
+    # job's place in line is for the key that made the job only, as the job itself is.
+    key, other = {"Authorization": f"Bearer {'k' * 32}"}, {"Authorization": f"Bearer {'o' * 32}"}
+    keyed = make_settings(jobs_dir=tmp_path, api_keys=f"{'k' * 32},{'o' * 32}")
     with LiveServer(create_app(keyed)) as server, httpx.Client(base_url=server.url) as client:
-        assert client.get("/studio/config").status_code == 200
+        config = client.get("/studio/config")
+        assert config.status_code == 200 and config.json()["auth"] == {"api_keys": True}
         job = client.post("/stylize", files=files, data={"size": "32", "steps": "2000"},
-                          headers={"Prefer": "respond-async",
-                                   "Authorization": f"Bearer {'k' * 32}"}).json()["id"]
-        assert client.get(f"/studio/jobs/{job}/queue").status_code == 404
-        client.delete(f"/jobs/{job}", headers={"Authorization": f"Bearer {'k' * 32}"})
+                          headers={"Prefer": "respond-async", **key}).json()["id"]
+        try:
+            missing = client.get(f"/studio/jobs/{job}/queue")
+            assert missing.status_code == 401
+            assert missing.headers["www-authenticate"].startswith("Bearer")
+            assert client.get(f"/studio/jobs/{job}/queue", headers=other).status_code == 404
+            own = client.get(f"/studio/jobs/{job}/queue", headers=key)
+            assert own.status_code == 200 and own.json()["id"] == job
+        finally:
+            client.delete(f"/jobs/{job}", headers=key)

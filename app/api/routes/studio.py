@@ -1,7 +1,12 @@
 """The web studio: a single page and its assets, served from the package (no CDN), and the two
 small JSON documents only the page needs: `GET /studio/config` (limits, presets, example
-images, the GAN's truncation range from its manifest, and this server's measured style-step
-rate for time estimates) and `GET /studio/jobs/{id}/queue` (a queued job's place in line).
+images, the GAN's truncation range from its manifest, this server's measured style-step
+rate for time estimates, and whether API keys are on) and `GET /studio/jobs/{id}/queue` (a
+queued job's place in line).
+
+With API keys on, `/studio/config` stays public like the page (it holds no secret: a 401
+would tell as much), while `/studio/jobs/` needs the key that made the job, as `/jobs/` does
+(`security.PRIVATE_PREFIXES`).
 
 Both are outside the OpenAPI schema: they serve the page and may change with it.
 """
@@ -19,8 +24,9 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app import __version__
+from app.api.security import principal
 from app.catalog import ModelStatus
-from app.services.jobs import Job, JobNotFound, JobStatus, JobStore
+from app.services.jobs import Job, JobStatus, JobStore
 from app.settings import Settings
 
 WEB_DIR = Path(__file__).resolve().parent.parent.parent / "web"
@@ -191,6 +197,8 @@ async def studio_config(request: Request) -> JSONResponse:
         },
         "generate": {"models": _gan_models(request)},
         "examples": _examples(),
+        # The page shows its API key field when this is on.
+        "auth": {"api_keys": settings.keys_required()},
     }
     return JSONResponse(body, headers=NO_STORE)
 
@@ -236,13 +244,10 @@ def _wait(rate: dict[str, Any], running: list[Job], ahead: list[Job],
 @router.get("/studio/jobs/{job_id}/queue")
 async def queue_position(job_id: str, request: Request) -> JSONResponse:
     """Where a job stands in the queue: its place among the queued jobs (1: next to start),
-    how many run now, and an estimate of the wait from the measured step rate."""
-    settings = request.app.state.settings
+    how many run now, and an estimate of the wait from the measured step rate. With API keys
+    on, only for the key that made the job (401 without a key, 404 with another)."""
     store = request.app.state.stylize.store
-    # /studio/ is public even with API keys on; a job id must not reveal anything there.
-    if settings.keys_required():
-        raise JobNotFound(job_id)
-    job = store.get(job_id)
+    job = store.get(job_id, principal(request))
     unfinished = store.unfinished()  # oldest first: the order the queue serves them
     running = [j for j in unfinished if j.status is JobStatus.RUNNING]
     queued = [j for j in unfinished if j.status is JobStatus.QUEUED]
