@@ -152,6 +152,11 @@ class Settings(BaseSettings):
         " (408 beyond, and the connection closes): slow-loris clients cannot hold"
         " connections open.",
     )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds a request body may go without a byte arriving while"
+        " the server reads it (408 beyond, and the connection closes); a slow but moving"
+        " upload is fine.",
+    )
     api_keys: str = Field(
         "", description="Comma-separated API keys; when set (or `ATELIER_API_KEYS_FILE` is),"
         " every API request needs `Authorization: Bearer <key>` and a job is visible only to"

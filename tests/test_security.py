@@ -344,6 +344,42 @@ def test_each_request_on_a_kept_alive_connection_gets_its_own_head_time(
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers
 
 
+# ---- the request body: 408 when it stalls ------------------------------------------------
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_body_that_stalls_is_cut_off_with_a_408_problem(
+    tmp_path: Path, http: Literal["httptools", "h11"],
+) -> None:
+    head = (b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 40\r\n\r\n")
+    with GuardedServer(stub_app(tmp_path, body_timeout_s=1.0), http) as server:
+        answer, seconds = trickle(server.port, [head + b'{"n": 1'], 0)  # 7 of 40 bytes
+        with server.client() as client:
+            assert client.post("/generate", json={"n": 1}).status_code == 200
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1  # nothing from the app after it
+    problem = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert problem["type"].endswith("request-timeout") and problem["instance"] == "/generate"
+    assert "request body" in problem["detail"]
+    assert 0.9 < seconds < 5
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_slow_body_that_keeps_moving_is_served(
+    tmp_path: Path, http: Literal["httptools", "h11"],
+) -> None:
+    body = b'{"n": 1' + b" " * 24 + b"}"
+    head = (b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    pieces = [head] + [body[i:i + 4] for i in range(0, len(body), 4)]  # 8 pieces
+    with GuardedServer(stub_app(tmp_path, body_timeout_s=1.0), http) as server:
+        # 0.3 s apart: ~2.4 s for the body in all, more than the timeout, never idle that long
+        answer, seconds = trickle(server.port, pieces, 0.3)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert b"image/png" in answer and seconds > 2
+
+
 # ---- API keys -----------------------------------------------------------------------------
 
 

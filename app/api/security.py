@@ -27,7 +27,7 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from starlette.datastructures import Headers
@@ -39,6 +39,9 @@ from app.api.middleware import new_request_id
 from app.api.problems import PROBLEM_JSON, HttpProblem, problem_bytes, problem_headers
 from app.errors import AtelierError
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from uvicorn.protocols.http.flow_control import FlowControl
 
 log = logging.getLogger("atelier.access")
 
@@ -84,6 +87,15 @@ class HeadTimeout(AtelierError):
 
     def __init__(self, timeout_s: float) -> None:
         super().__init__(f"the request line and headers did not arrive within {timeout_s:g} s")
+
+
+class BodyTimeout(AtelierError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request body too slow"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"no byte of the request body arrived for {timeout_s:g} s")
 
 
 class HeaderTooLarge(AtelierError):
@@ -491,13 +503,21 @@ class _HeadLimit(asyncio.Protocol):
     # Slow-loris: a request head (or a new connection's first one) must arrive whole within
     # this many seconds; uvicorn only times out idle kept-alive connections.
     head_timeout_s: ClassVar[float] = 20.0
+    # The same for a body sent a trickle at a time: at most this long without a byte while
+    # the server is reading it. (uvicorn has no body timeout: a stalled upload holds its
+    # connection, and the app's task waiting for the body, for good.)
+    body_timeout_s: ClassVar[float] = 60.0
     transport: asyncio.Transport
+    # uvicorn's, shared by both of its HTTP implementations.
+    flow: FlowControl
+    cycle: Any
 
     _head_bytes = 0
     _head_start = b""
     _refused = False
     _drained = 0
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -505,7 +525,42 @@ class _HeadLimit(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_body_timer()
         super().connection_lost(exc)
+
+    def _body_open(self) -> bool:  # pragma: no cover - overridden
+        """A request head has arrived and its body has not, all of it."""
+        raise NotImplementedError
+
+    def _start_body_timer(self) -> None:
+        self._stop_body_timer()
+        self._body_timer = asyncio.get_running_loop().call_later(
+            self.body_timeout_s, self._body_too_slow)
+
+    def _stop_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if self._refused or self.transport.is_closing() or not self._body_open():
+            return
+        if self.flow.read_paused or getattr(self.cycle, "waiting_for_100_continue", False):
+            # The server is not reading (the app has not taken what arrived, or has not
+            # asked for the body of an `Expect: 100-continue`): not the client's delay.
+            self._start_body_timer()
+            return
+        answering = self.cycle.response_started
+        # The app's task sees a hang-up from now on, and what it sends is dropped.
+        self.cycle.disconnected = True
+        self.cycle.message_event.set()
+        if answering:  # an answer is under way: only end the connection
+            self._refused = True
+            self.transport.close()
+            return
+        path = str(self.cycle.scope.get("path", ""))[:256]
+        self._refuse(BodyTimeout(self.body_timeout_s), "408 Request Timeout", path)
 
     def _start_head_timer(self) -> None:
         self._stop_head_timer()
@@ -538,6 +593,10 @@ class _HeadLimit(asyncio.Protocol):
         super().data_received(data)
         if self._refused or self.transport.is_closing():
             return
+        if self._body_open():
+            self._start_body_timer()  # the body moved on: its clock starts again
+        elif self._body_timer is not None:
+            self._stop_body_timer()
         if marker is not self._head_marker() or not self._head_open():
             # A head was completed (the bytes of one begun in the same chunk go uncounted).
             self._head_bytes, self._head_start = 0, b""
@@ -575,13 +634,17 @@ class _HeadLimit(asyncio.Protocol):
         if self._drained > LINGER_BYTES:
             self.transport.close()
 
-    def _refuse(self, error: AtelierError, status_line: str) -> None:
+    def _refuse(self, error: AtelierError, status_line: str, path: str | None = None) -> None:
+        """Answer `error` at the socket and close; `path`: the request's, when its head has
+        been parsed (else it is read from the bytes of the head that arrived)."""
         self._refused = True
         self._stop_head_timer()
+        self._stop_body_timer()
         request_line = self._head_start.split(b"\r\n", 1)[0].decode("latin-1")
         method, _, rest = request_line.partition(" ")
-        target = rest.rpartition(" ")[0] if " HTTP/" in rest else rest
-        path = target.partition("?")[0][:256]
+        if path is None:
+            target = rest.rpartition(" ")[0] if " HTTP/" in rest else rest
+            path = target.partition("?")[0][:256]
         request_id = new_request_id()
         body = problem_bytes(error, path, request_id)
         head = (f"HTTP/1.1 {status_line}\r\n"
@@ -598,7 +661,7 @@ class _HeadLimit(asyncio.Protocol):
         asyncio.get_running_loop().call_later(LINGER_S, self.transport.close)
 
 
-def _protocol_classes(max_head_bytes: int, head_timeout_s: float,
+def _protocol_classes(max_head_bytes: int, head_timeout_s: float, body_timeout_s: float,
                       http: Literal["auto", "httptools", "h11"]) -> type[asyncio.Protocol]:
     use_httptools = http == "httptools"
     if http == "auto":
@@ -621,6 +684,9 @@ def _protocol_classes(max_head_bytes: int, head_timeout_s: float,
             def _head_marker(self) -> object:
                 return self._heads
 
+            def _body_open(self) -> bool:
+                return not self._open
+
             def on_headers_complete(self) -> None:
                 self._open = False
                 self._heads += 1
@@ -632,6 +698,7 @@ def _protocol_classes(max_head_bytes: int, head_timeout_s: float,
 
         HeadLimitHttpTools.max_head_bytes = max_head_bytes
         HeadLimitHttpTools.head_timeout_s = head_timeout_s
+        HeadLimitHttpTools.body_timeout_s = body_timeout_s
         return HeadLimitHttpTools
 
     import h11
@@ -644,20 +711,25 @@ def _protocol_classes(max_head_bytes: int, head_timeout_s: float,
         def _head_marker(self) -> object:
             return self.headers  # a new list for every request head h11 parses
 
+        def _body_open(self) -> bool:
+            return self.conn.their_state is h11.SEND_BODY
+
     HeadLimitH11.max_head_bytes = max_head_bytes
     HeadLimitH11.head_timeout_s = head_timeout_s
+    HeadLimitH11.body_timeout_s = body_timeout_s
     return HeadLimitH11
 
 
 def uvicorn_options(settings: Settings,
                     http: Literal["auto", "httptools", "h11"] = "auto") -> dict[str, Any]:
     """Keyword arguments for `uvicorn.run`/`uvicorn.Config` that bound the request head at
-    the socket: `max_header_bytes`, answered 431 problem+json, and `head_timeout_s`,
-    answered 408 problem+json, on either HTTP implementation. (h11's own
+    the socket: `max_header_bytes`, answered 431 problem+json, and `head_timeout_s` and
+    `body_timeout_s`, answered 408 problem+json, on either HTTP implementation. (h11's own
     `h11_max_incomplete_event_size` stays as a backstop, set above ours so that ours answers
     first.)"""
     return {
-        "http": _protocol_classes(settings.max_header_bytes, settings.head_timeout_s, http),
+        "http": _protocol_classes(settings.max_header_bytes, settings.head_timeout_s,
+                                  settings.body_timeout_s, http),
         "h11_max_incomplete_event_size": settings.max_header_bytes + (1 << 20),
     }
 
