@@ -344,6 +344,12 @@ async def test_a_result_revalidates_and_resumes_by_its_etag(shared: InProcess) -
         assert answer.status_code == 200 and answer.content == data, ignored
     past = await client.get(path, headers={"range": f"bytes={size}-"})
     assert assert_problem(past, 416) and past.headers["content-range"] == f"bytes */{size}"
+    # numbers longer than `int` reads (4300 digits) still fit a 16 KiB head
+    huge = "9" * 5000
+    assert_problem(await client.get(path, headers={"range": f"bytes={huge}-"}), 416)
+    for whole in (f"bytes=0-{huge}", f"bytes=-{huge}"):
+        answer = await client.get(path, headers={"range": whole})
+        assert answer.status_code == 206 and answer.content == data, whole
 
 
 async def test_events_resume_after_the_last_event_id(shared: InProcess) -> None:

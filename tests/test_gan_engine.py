@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from app.catalog import Catalog
@@ -34,6 +35,18 @@ def test_slerp_keeps_ends_and_walks_the_sphere() -> None:
     # A straight line would shrink the norm midway; the great circle keeps it near both ends.
     assert path[4].norm() > 0.95 * min(a.norm(), b.norm())
     assert ((a + b) / 2).norm() < path[4].norm()
+
+
+@pytest.mark.parametrize("truncation", [1e-30, 1e-45, 1e-100])
+def test_slerp_of_latents_truncated_to_almost_nothing_stays_finite(truncation: float) -> None:
+    """Their float32 norm is 0: a walk between them must not divide by it (NaN latents made
+    all-black frames)."""
+    a = gan.latent_for_seed(1, 100, truncation)
+    b = gan.latent_for_seed(2, 100, truncation)
+    path = gan.slerp(a, b, 5)
+    assert torch.isfinite(path).all()
+    torch.testing.assert_close(path[0], a)
+    torch.testing.assert_close(path[-1], b)
 
 
 def test_real_generator_makes_faces_shaped_images(real_catalog: Catalog) -> None:

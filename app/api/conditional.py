@@ -17,6 +17,13 @@ from starlette.responses import Response
 from app.api.problems import HttpProblem
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+# Past any resource's size; longer numbers are read as this (`int` refuses over 4300 digits,
+# and the header may hold 16 KiB of them).
+_HUGE = 10**18
+
+
+def _number(digits: str) -> int:
+    return int(digits) if len(digits) <= 18 else _HUGE
 
 
 def _matches(header: str, etag: str) -> bool:
@@ -34,13 +41,13 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
         return None
     first_text, last_text = found.groups()
     if first_text == "":  # a suffix: the last N bytes
-        suffix = int(last_text)
+        suffix = _number(last_text)
         if suffix == 0:
             raise _unsatisfiable(size)
         return max(0, size - suffix), size - 1
-    first = int(first_text)
-    last = size - 1 if last_text == "" else min(int(last_text), size - 1)
-    if last_text != "" and int(last_text) < first:
+    first = _number(first_text)
+    last = size - 1 if last_text == "" else min(_number(last_text), size - 1)
+    if last_text != "" and _number(last_text) < first:
         return None  # invalid: ignored
     if first >= size:
         raise _unsatisfiable(size)

@@ -53,8 +53,12 @@ def latents_for_seeds(
 def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
     """`steps` points on the great circle from a to b, both ends included ([steps, nz])."""
     t = torch.linspace(0, 1, steps, dtype=a.dtype)[:, None]
-    a_unit, b_unit = a / a.norm(), b / b.norm()
-    omega = torch.arccos((a_unit * b_unit).sum().clamp(-1, 1))
+    # The angle in float64: latents truncated to a tiny threshold have a float32 norm of 0.
+    a64, b64 = a.double(), b.double()
+    norms = a64.norm() * b64.norm()
+    if norms == 0:  # a zero latent has no direction: lerp
+        return (1 - t) * a + t * b
+    omega = torch.arccos(((a64 * b64).sum() / norms).clamp(-1, 1)).to(a.dtype)
     if omega.abs() < 1e-6:  # parallel vectors: slerp degenerates to lerp
         return (1 - t) * a + t * b
     sin_omega = torch.sin(omega)
