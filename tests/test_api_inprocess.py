@@ -315,6 +315,30 @@ async def test_an_async_job_streams_progress_previews_and_a_result(shared: InPro
     assert result.headers["x-job-id"] == job_id
 
 
+async def test_head_answers_wherever_get_does_without_a_body(shared: InProcess) -> None:
+    client = shared.client
+    for path in ("/healthz", "/readyz", "/models", "/openapi.json", "/studio/config", "/"):
+        got, head = await client.get(path), await client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == got.headers[
+            "content-type"], path
+    job_id = (await client.post("/stylize", files=upload(), headers=ASYNC,
+                                data={"steps": "2"})).json()["id"]
+    await aread_events(client, f"/jobs/{job_id}/events")
+    result = await client.head(f"/jobs/{job_id}/result")
+    whole = await client.get(f"/jobs/{job_id}/result")
+    assert result.status_code == 200 and result.content == b""
+    assert result.headers["content-length"] == str(len(whole.content))
+    assert result.headers["etag"] == whole.headers["etag"]
+    # an event stream's head goes out without waiting for its end
+    events = await client.head(f"/jobs/{job_id}/events")
+    assert events.status_code == 200 and events.content == b""
+    assert events.headers["content-type"].startswith("text/event-stream")
+    assert (await client.head("/jobs/nope")).status_code == 404
+    refused = await client.head("/generate")  # POST only
+    assert refused.status_code == 405 and refused.content == b""
+
+
 async def test_a_result_revalidates_and_resumes_by_its_etag(shared: InProcess) -> None:
     client = shared.client
     job_id = (await client.post("/stylize", files=upload(), headers=ASYNC,

@@ -90,3 +90,37 @@ def _header(scope: Scope, name: bytes) -> str | None:
             text = value.decode("latin-1")[:128]
             return text if text.isprintable() else None
     return None
+
+
+class HeadAsGet:
+    """HEAD wherever GET is answered (RFC 9110 §9.3.2: load balancers check health with it):
+    the app answers a GET and only the status and headers go out. (FastAPI routes answer
+    only the methods they declare; uvicorn, whose scope still says HEAD, sends no body.)
+
+    The answer ends as soon as its head is out: a streaming one (an event stream) is not
+    followed to its end, its app sees the client leave."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def head_only(message: Message) -> None:
+            nonlocal answered
+            if answered:
+                return
+            await send(message)
+            if message["type"] == "http.response.start":
+                answered = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def gone_once_answered() -> Message:
+            if answered:
+                return {"type": "http.disconnect"}
+            return await receive()
+
+        await self.app({**scope, "method": "GET"}, gone_once_answered, head_only)
