@@ -16,6 +16,7 @@ from app.api import problems, security
 from app.api.disconnect import ClientDisconnected
 from app.api.limits import BodySizeLimit
 from app.api.middleware import AccessLog, HeadAsGet
+from app.api.multipart import WholeMultipart
 from app.api.routes import admin, generate, studio, stylize, system
 from app.catalog import Catalog
 from app.logs import configure
@@ -161,6 +162,7 @@ def create_app(
         app.router.routes.extend(module.router.routes)
     app.mount("/studio", studio.assets, name="studio")
     app.add_middleware(HeadAsGet)
+    app.add_middleware(WholeMultipart, paths=("/stylize",))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, paths=("/stylize",))
     # JSON bodies of /generate are a few hundred bytes; nothing needs more than this.
     app.add_middleware(BodySizeLimit, max_bytes=64 * 1024, paths=("/generate",))

@@ -315,6 +315,29 @@ async def test_an_async_job_streams_progress_previews_and_a_result(shared: InPro
     assert result.headers["x-job-id"] == job_id
 
 
+async def test_a_multipart_body_cut_short_is_refused_not_run_without_its_last_part(
+        shared: InProcess) -> None:
+    """python-multipart drops an unterminated last part without a word: the job would run
+    with a field back to its default or a style fewer."""
+    photo = (DATA / "content.jpg").read_bytes()
+
+    def part(name: str, data: bytes, filename: str | None = None) -> bytes:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename
+                                                     else "")
+        return (f"--xx\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data
+                + b"\r\n")
+
+    body = (part("steps", b"2") + part("content", photo, "a.jpg")
+            + part("style", photo, "b.jpg") + part("style_blend", b"1"))
+    headers = {**ASYNC, "content-type": "multipart/form-data; boundary=xx"}
+    cut = await shared.client.post("/stylize", content=body, headers=headers)
+    problem = assert_problem(cut, 400)
+    assert "cut short" in problem["detail"]
+    whole = await shared.client.post("/stylize", content=body + b"--xx--\r\n", headers=headers)
+    assert whole.status_code == 202, whole.text
+    assert whole.json()["options"]["style_blend"] == [1.0]
+
+
 async def test_head_answers_wherever_get_does_without_a_body(shared: InProcess) -> None:
     client = shared.client
     for path in ("/healthz", "/readyz", "/models", "/openapi.json", "/studio/config", "/"):
