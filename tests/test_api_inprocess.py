@@ -338,6 +338,16 @@ async def test_a_multipart_body_cut_short_is_refused_not_run_without_its_last_pa
     assert whole.json()["options"]["style_blend"] == [1.0]
 
 
+def test_respond_async_is_a_preference_of_its_own_not_a_substring() -> None:
+    from app.api.routes.stylize import _prefers_async
+
+    for header in ("respond-async", "Respond-Async", "wait=10, respond-async",
+                   "respond-async; foo=bar", " respond-async ,handling=lenient"):
+        assert _prefers_async(header), header
+    for header in ("respond-asyncX", "no-respond-async", "wait=respond-async", "return=minimal"):
+        assert not _prefers_async(header), header
+
+
 async def test_head_answers_wherever_get_does_without_a_body(shared: InProcess) -> None:
     client = shared.client
     for path in ("/healthz", "/readyz", "/models", "/openapi.json", "/studio/config", "/"):

@@ -264,6 +264,15 @@ def test_a_64_kb_header_is_a_431_problem_over_a_real_socket(tmp_path: Path) -> N
     assert fine.status_code == 200
 
 
+def test_two_host_headers_are_a_400_problem(tmp_path: Path) -> None:
+    with LiveServer(stub_app(tmp_path, allowed_hosts="*")) as server:
+        answer = raw_request(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             b"Host: evil.example\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in head.lower()
+    assert b"host-not-allowed" in body and b"one Host header" in body
+
+
 @pytest.mark.parametrize("http", ["httptools", "h11"])
 def test_a_64_mb_head_is_cut_off_at_the_socket_without_buffering_it(
     tmp_path: Path, http: Literal["httptools", "h11"],

@@ -287,16 +287,22 @@ class Guard:
         # per header and the empty line.
         size = len(method) + len(scope.get("raw_path") or b"") + len(scope["query_string"]) + 15
         host = origin = site = None
+        hosts = 0
         for name, value in scope["headers"]:
             size += len(name) + len(value) + 4
             if name == b"host":
                 host = host or value
+                hosts += 1
             elif name == b"origin":
                 origin = value
             elif name == b"sec-fetch-site":
                 site = value
         if size > self.max_head_bytes:
             await _refuse(scope, send, HeaderTooLarge(self.max_head_bytes))
+            return
+        if hosts > 1:  # which one names the server? RFC 9112 §3.2: refuse the request
+            await _refuse(scope, send, HostNotAllowed(
+                f"a request has one Host header; this one has {hosts}"))
             return
         if self.hosts is not None:
             allowed = self._hosts_seen.get(host)

@@ -87,7 +87,7 @@ async def stylize(
     job = await service.submit(
         await form.content.read(), [await s.read() for s in form.style], form, owner)
     request.state.log_fields = {"job_id": job.id, "steps": job.steps}
-    if prefer and "respond-async" in prefer.lower():
+    if prefer and _prefers_async(prefer):
         response = _job_response(job, 202)
         response.headers["Preference-Applied"] = "respond-async"
         return response
@@ -97,6 +97,13 @@ async def stylize(
         service.cancel(job)
         raise
     return await _result_response(request, service, job)
+
+
+def _prefers_async(prefer: str) -> bool:
+    """Whether a Prefer header (RFC 7240: `pref[=value][; param]`, comma-separated) holds
+    the preference `respond-async` itself, not a word that merely contains it."""
+    return any(pref.split(";")[0].split("=")[0].strip().lower() == "respond-async"
+               for pref in prefer.split(","))
 
 
 async def _result_response(request: Request, service: StylizeDep, job: Job) -> Response:
