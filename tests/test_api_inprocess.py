@@ -338,6 +338,22 @@ async def test_a_multipart_body_cut_short_is_refused_not_run_without_its_last_pa
     assert whole.json()["options"]["style_blend"] == [1.0]
 
 
+async def test_a_field_given_twice_is_refused_unless_it_is_a_list(shared: InProcess) -> None:
+    client = shared.client
+    twice = await client.post("/stylize", files=upload(), headers=ASYNC,
+                              data={"steps": ["2", "3"]})
+    assert fields(assert_problem(twice, 422)) == ["steps"]
+    photo = (DATA / "content.jpg").read_bytes()
+    two_contents = [("content", ("b.jpg", photo, "image/jpeg")), *upload()]
+    refused = await client.post("/stylize", files=two_contents, headers=ASYNC)
+    assert fields(assert_problem(refused, 422)) == ["content"]
+    # the style images and their weights are lists: several are the point
+    ok = await client.post("/stylize", files=upload(photo, photo, photo), headers=ASYNC,
+                           data={"steps": "2", "style_blend": ["1", "3"]})  # two styles
+    assert ok.status_code == 202, ok.text
+    assert ok.json()["options"]["style_blend"] == [1.0, 3.0]
+
+
 def test_respond_async_is_a_preference_of_its_own_not_a_substring() -> None:
     from app.api.routes.stylize import _prefers_async
 

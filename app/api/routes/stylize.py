@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Form, Header, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -60,6 +61,25 @@ class StylizeForm(StyleParams):
         json_schema_extra={"items": {"type": "string", "format": "binary"}})
 
 
+def _is_list(annotation: Any) -> bool:
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_is_list(arg) for arg in get_args(annotation))
+    return get_origin(annotation) is list
+
+
+# The form's fields that may be given several times (the style images and their weights);
+# the form parser keeps the last of any other given twice, silently.
+_REPEATABLE = frozenset(name for name, field in StylizeForm.model_fields.items()
+                        if _is_list(field.annotation))
+
+
+async def _refuse_repeated_fields(request: Request) -> None:
+    form = await request.form()  # parsed already for the form model: Starlette keeps it
+    for name in form:
+        if name not in _REPEATABLE and len(form.getlist(name)) > 1:
+            raise InvalidField(name, "is given more than once; give it once")
+
+
 @router.post(
     "/stylize",
     summary="Paint a content image in the style of one or more style images",
@@ -84,6 +104,7 @@ async def stylize(
     """Gatys et al. neural style transfer on the Caffe VGG19. Synchronous by default (the
     image, when done); with `Prefer: respond-async`, 202 and a job to follow at
     `/jobs/{id}/events`. A synchronous request whose client hangs up cancels its job."""
+    await _refuse_repeated_fields(request)
     job = await service.submit(
         await form.content.read(), [await s.read() for s in form.style], form, owner)
     request.state.log_fields = {"job_id": job.id, "steps": job.steps}
