@@ -278,12 +278,25 @@ async def test_unknown_jobs_are_404_problems_even_on_the_event_stream(shared: In
     assert refused.value.response.status_code == 404
 
 
-@pytest.mark.parametrize("last_event_id", ["abc", "-1", "1.5"])
+@pytest.mark.parametrize("last_event_id", ["abc", "-1", "1.5", "999999"])
 async def test_a_malformed_last_event_id_is_422(shared: InProcess, last_event_id: str) -> None:
     job_id = (await shared.client.post("/stylize", files=upload())).headers["x-job-id"]
     response = await shared.client.get(f"/jobs/{job_id}/events",
                                        headers={"last-event-id": last_event_id})
     assert fields(assert_problem(response, 422)) == ["Last-Event-ID"]
+
+
+async def test_the_last_event_id_sent_resumes_and_one_past_it_is_422(shared: InProcess) -> None:
+    job_id = (await shared.client.post("/stylize", files=upload(),
+                                       data={"steps": "2"})).headers["x-job-id"]
+    events = await aread_events(shared.client, f"/jobs/{job_id}/events")
+    last = events[-1].id
+    resumed = await aread_events(shared.client, f"/jobs/{job_id}/events",
+                                 last_event_id=last - 1)
+    assert [e.id for e in resumed] == [last]
+    past = await shared.client.get(f"/jobs/{job_id}/events",
+                                   headers={"last-event-id": str(last + 1)})
+    assert f"1 to {last}" in assert_problem(past, 422)["detail"]
 
 
 async def test_an_async_job_streams_progress_previews_and_a_result(shared: InProcess) -> None:

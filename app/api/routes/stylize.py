@@ -45,6 +45,15 @@ def last_event_id(
     return after
 
 
+def resume_after(job: JobDep, after: Annotated[int, Depends(last_event_id)]) -> int:
+    """`Last-Event-ID`, checked against the job's events before its stream starts: an id
+    past the last one sent would wait for events that come before it, and never get one."""
+    if after >= job.next_event:
+        raise InvalidField("Last-Event-ID", f"this job has sent events 1 to "
+                           f"{job.next_event - 1}; there is no event {after} to resume after")
+    return after
+
+
 def _job_response(job: Job, status_code: int = 200) -> JSONResponse:
     return JSONResponse(job.document().model_dump(mode="json"), status_code=status_code,
                         headers={"Location": f"/jobs/{job.id}", "X-Job-Id": job.id})
@@ -150,7 +159,7 @@ async def get_job(job: JobDep) -> JobDocument:
 async def job_events(
     job: JobDep,
     service: StylizeDep,
-    after: Annotated[int, Depends(last_event_id)],
+    after: Annotated[int, Depends(resume_after)],
 ) -> AsyncIterator[ServerSentEvent]:
     """`progress` events (step, losses, ETA) at least every `ATELIER_PROGRESS_EVERY` steps,
     `preview` events (a small JPEG data URL) when asked for, and a final `succeeded`,
