@@ -264,6 +264,18 @@ def test_a_64_kb_header_is_a_431_problem_over_a_real_socket(tmp_path: Path) -> N
     assert fine.status_code == 200
 
 
+def test_a_websocket_upgrade_is_answered_as_plain_http(tmp_path: Path) -> None:
+    upgrade = (b"Connection: Upgrade, close\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    with GuardedServer(stub_app(tmp_path), "httptools") as server:
+        known = raw_request(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            + upgrade + b"\r\n")
+        unknown = raw_request(server.port, b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                              + upgrade + b"\r\n")
+    assert known.startswith(b"HTTP/1.1 200 "), known[:200]
+    assert unknown.startswith(b"HTTP/1.1 404 ") and b"application/problem+json" in unknown
+
+
 def test_two_host_headers_are_a_400_problem(tmp_path: Path) -> None:
     with LiveServer(stub_app(tmp_path, allowed_hosts="*")) as server:
         answer = raw_request(server.port, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"

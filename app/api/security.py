@@ -737,5 +737,8 @@ def uvicorn_options(settings: Settings,
         "http": _protocol_classes(settings.max_header_bytes, settings.head_timeout_s,
                                   settings.body_timeout_s, http),
         "h11_max_incomplete_event_size": settings.max_header_bytes + (1 << 20),
+        # No WebSocket endpoint here: an upgrade request is answered as plain HTTP (the
+        # route's answer, or a problem+json 404), not with uvicorn's bare text/plain 403.
+        "ws": "none",
     }
 
