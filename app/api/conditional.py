@@ -46,9 +46,10 @@ def byte_range(header: str, size: int) -> tuple[int, int] | None:
             raise _unsatisfiable(size)
         return max(0, size - suffix), size - 1
     first = _number(first_text)
-    last = size - 1 if last_text == "" else min(_number(last_text), size - 1)
-    if last_text != "" and _number(last_text) < first:
+    asked_last = None if last_text == "" else _number(last_text)
+    if asked_last is not None and asked_last < first:
         return None  # invalid: ignored
+    last = size - 1 if asked_last is None else min(asked_last, size - 1)
     if first >= size:
         raise _unsatisfiable(size)
     return first, last

@@ -57,13 +57,15 @@ class WholeMultipart:
             await self.app(scope, receive, send)
             return
         closing = b"--" + boundary + b"--"
+        keep = len(closing) + _TAIL_SLACK
         tail = b""
 
         async def checked_receive() -> Message:
             nonlocal tail
             message = await receive()
             if message["type"] == "http.request":
-                tail = (tail + message.get("body", b""))[-(len(closing) + _TAIL_SLACK):]
+                # Only the end of each chunk: an upload is not copied again, chunk by chunk.
+                tail = (tail + message.get("body", b"")[-keep:])[-keep:]
                 if not message.get("more_body", False) and closing not in tail:
                     raise _CutShort()
             return message

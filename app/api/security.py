@@ -80,22 +80,12 @@ class CorsRefused(AtelierError):
     title = "CORS request refused"
 
 
-class HeadTimeout(AtelierError):
+class RequestTimeout(AtelierError):
+    """A request head or body that arrived too slowly (one problem type, one title)."""
+
     status = 408
     slug = "request-timeout"
-    title = "Request head too slow"
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"the request line and headers did not arrive within {timeout_s:g} s")
-
-
-class BodyTimeout(AtelierError):
-    status = 408
-    slug = "request-timeout"
-    title = "Request body too slow"
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"no byte of the request body arrived for {timeout_s:g} s")
+    title = "Request too slow"
 
 
 class HeaderTooLarge(AtelierError):
@@ -566,7 +556,9 @@ class _HeadLimit(asyncio.Protocol):
             self.transport.close()
             return
         path = str(self.cycle.scope.get("path", ""))[:256]
-        self._refuse(BodyTimeout(self.body_timeout_s), "408 Request Timeout", path)
+        self._refuse(RequestTimeout(
+            f"no byte of the request body arrived for {self.body_timeout_s:g} s"),
+            "408 Request Timeout", path)
 
     def _start_head_timer(self) -> None:
         self._stop_head_timer()
@@ -582,7 +574,9 @@ class _HeadLimit(asyncio.Protocol):
         self._head_timer = None
         if self._refused or self.transport.is_closing() or not self._head_open():
             return
-        self._refuse(HeadTimeout(self.head_timeout_s), "408 Request Timeout")
+        self._refuse(RequestTimeout(
+            f"the request line and headers did not arrive within {self.head_timeout_s:g} s"),
+            "408 Request Timeout")
 
     def _head_open(self) -> bool:  # pragma: no cover - overridden
         raise NotImplementedError
