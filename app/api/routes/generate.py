@@ -18,13 +18,14 @@ from app.api.deps import (
 )
 from app.api.disconnect import unless_disconnected
 from app.api.negotiation import negotiate
+from app.api.routing import JsonBodyRoute
 from app.api.schemas import GeneratedImage, GenerateResponse
 from app.engines.imaging import ImageFormat
 from app.services.generation import Generated, GenerationService
 from app.services.params import GenerateRequest, InterpolateRequest
 from app.settings import Settings
 
-router = APIRouter(tags=["generate"])
+router = APIRouter(tags=["generate"], route_class=JsonBodyRoute)
 
 STILL_FORMATS = (ImageFormat.PNG, ImageFormat.JPEG, ImageFormat.WEBP)
 
