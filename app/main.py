@@ -144,6 +144,11 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         redoc_url=None,
+        # FastAPI's own OpenTelemetry instruments: off. The service's metrics are Prometheus
+        # (/metrics) and its traces are request ids in the access log; with the instruments
+        # on, FastAPI asks OpenTelemetry on every request whether a provider is set, ~4 µs
+        # of the ~100 a /generate request costs (bench/RESULTS.md).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
     problems.install(app)

@@ -64,6 +64,7 @@ def header_parameter(name: str, description: str, example: str) -> dict[str, Any
 
 
 REQUEST_TIMEOUT_HEADER = "X-Request-Timeout"
+_REQUEST_TIMEOUT_KEY = REQUEST_TIMEOUT_HEADER.lower().encode()
 # Routes that take `TimeoutDep` list this in `openapi_extra={"parameters": [...]}`.
 REQUEST_TIMEOUT_PARAMETER = header_parameter(
     REQUEST_TIMEOUT_HEADER,
@@ -73,10 +74,20 @@ REQUEST_TIMEOUT_PARAMETER = header_parameter(
 )
 
 
+def header_of(request: Request, name: bytes) -> str | None:
+    """The first value of header `name` (lower case), read from the ASGI scope: for the hot
+    routes, without the `Headers` mapping (~1 µs per look-up, and a KeyError when absent)."""
+    value: bytes
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 def timeout_of(request: Request) -> float:
     """The request's deadline in seconds: its `X-Request-Timeout` header, else the default."""
     settings: Settings = request.app.state.settings
-    value = request.headers.get(REQUEST_TIMEOUT_HEADER)
+    value = header_of(request, _REQUEST_TIMEOUT_KEY)
     if value is None:
         return settings.request_timeout_s
     try:

@@ -13,6 +13,7 @@ from app.api.deps import (
     GenerationDep,
     SettingsDep,
     TimeoutDep,
+    header_of,
     header_parameter,
     timeout_of,
 )
@@ -84,7 +85,7 @@ async def generate(
     timeout_s = timeout_of(request)
     settings: Settings = request.app.state.settings
     service: GenerationService = request.app.state.generation
-    accept = request.headers.get("accept")
+    accept = header_of(request, b"accept")
     body = body or GenerateRequest()
     requested = ImageFormat(body.format.value) if body.format else None
     fmt = negotiate(accept, requested, STILL_FORMATS)
