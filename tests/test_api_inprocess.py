@@ -107,6 +107,20 @@ async def test_malformed_json_and_bad_timeout_header_are_422(shared: InProcess) 
     assert fields(assert_problem(too_long, 422)) == ["X-Request-Timeout"]
 
 
+@pytest.mark.parametrize("path", ["/generate", "/generate/interpolate"])
+async def test_a_json_body_sent_as_a_form_is_a_415(shared: InProcess, path: str) -> None:
+    # What `curl -d '{"n": 2}'` sends without `-H 'content-type: application/json'`.
+    refused = await shared.client.post(
+        path, content=b'{"seed_from": 1, "seed_to": 2, "n": 2}',
+        headers={"content-type": "application/x-www-form-urlencoded"})
+    problem = assert_problem(refused, 415)
+    assert problem["type"] == "urn:atelier:problem:unsupported-media-type"
+    assert "application/json" in problem["detail"]
+    assert refused.headers["accept-post"] == "application/json"
+    # Without a body there is nothing to misread: the defaults apply.
+    assert (await shared.client.post("/generate")).status_code == 200
+
+
 async def test_unknown_model_route_and_method_are_problems(shared: InProcess) -> None:
     model = await shared.client.post("/generate", json={"model": "stylegan-9000"})
     wrong_kind = await shared.client.post("/generate", json={"model": "vgg19-caffe"})

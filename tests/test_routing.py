@@ -1,6 +1,7 @@
-"""JsonBodyRoute: the same answers as FastAPI's own route for every body, faster for valid
-ones (bench/RESULTS.md). Each body below goes to one endpoint declared twice, once on each
-route class, and the two answers are compared byte for byte."""
+"""JsonBodyRoute: the same answers as FastAPI's own route for every JSON body, faster for
+valid ones (bench/RESULTS.md), and a 415 for a body that is not sent as JSON. Each body below
+goes to one endpoint declared twice, once on each route class, and the two answers are
+compared byte for byte."""
 
 from __future__ import annotations
 
@@ -51,9 +52,9 @@ CASES: list[tuple[str, bytes, dict[str, str]]] = [
     ("with a charset", b'{"n": 3}', {"content-type": "application/json; charset=utf-8"}),
     ("media type in capitals", b'{"n": 3}', {"content-type": "Application/JSON"}),
     ("+json subtype", b'{"n": 3}', {"content-type": "application/merge-patch+json"}),
-    ("no content type", b'{"n": 3}', {}),
-    ("text/plain", b'{"n": 3}', {"content-type": "text/plain"}),
     ("no body", b"", JSON_TYPE),
+    ("no body, no content type", b"", {}),
+    ("no body, a form's content type", b"", {"content-type": "text/plain"}),
     ("null", b"null", JSON_TYPE),
     ("a list", b"[1, 2]", JSON_TYPE),
     ("a string", b'"x"', JSON_TYPE),
@@ -96,6 +97,28 @@ async def test_answers_are_fastapis_to_the_byte(
     plain_body = plain.content.replace(b'"instance": "/fastapi"', b'"instance": "/fast"')
     assert (fast.status_code, fast.headers.get("content-type"), fast.content) == (
         plain.status_code, plain.headers.get("content-type"), plain_body)
+
+
+@pytest.mark.parametrize(("headers", "named"), [
+    ({"content-type": "application/x-www-form-urlencoded"},  # curl -d
+     "as application/x-www-form-urlencoded"),
+    ({"content-type": "text/plain; charset=utf-8"}, "as text/plain; charset=utf-8"),
+    ({"content-type": "multipart/form-data; boundary=x"}, "as multipart/form-data"),
+    ({}, "without a Content-Type"),
+])
+async def test_a_body_not_sent_as_json_is_a_415_naming_the_type_to_send(
+    client: httpx.AsyncClient, headers: dict[str, str], named: str
+) -> None:
+    plain = await client.post("/fastapi", content=b'{"n": 3}', headers=headers)
+    assert plain.status_code == 422  # FastAPI: "Input should be a valid dictionary"
+    refused = await client.post("/fast", content=b'{"n": 3}', headers=headers)
+    assert refused.status_code == 415
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["accept-post"] == "application/json"
+    problem = refused.json()
+    assert problem["type"] == "urn:atelier:problem:unsupported-media-type"
+    assert "Content-Type: application/json" in problem["detail"]
+    assert named in problem["detail"]
 
 
 async def test_a_valid_json_body_skips_fastapis_handler(
