@@ -65,13 +65,17 @@ async def _adopt_orphaned_jobs(stylize: StylizeService) -> None:
             log.info("adopted orphaned jobs", extra={"fields": {"jobs": adopted}})
 
 
-def _with_model_examples(
+def _with_configured_values(
     openapi: Callable[[], dict[str, Any]], settings: Settings
 ) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI document with the default GAN's own recommended truncation as the
-    example (its manifest's `[defaults] truncation`): a fixed example would suit one model."""
+    """The OpenAPI document with this server's values: `n`'s maximum is
+    `ATELIER_MAX_IMAGES_PER_REQUEST`, and the default GAN's own recommended truncation (its
+    manifest's `[defaults] truncation`) is the example (a fixed one would suit one model)."""
     def with_examples() -> dict[str, Any]:
         schema = openapi()
+        generate = schema["components"]["schemas"].get("GenerateRequest", {})
+        if "n" in generate.get("properties", {}):
+            generate["properties"]["n"]["maximum"] = settings.max_images_per_request
         manifest = Catalog(settings.catalog_dir, settings.model_dir).manifests.get(
             settings.default_model)
         truncation = manifest.defaults.get("truncation") if manifest is not None else None
@@ -152,7 +156,7 @@ def create_app(
     )
     app.state.settings = settings
     problems.install(app)
-    app.openapi = _with_model_examples(  # type: ignore[method-assign]
+    app.openapi = _with_configured_values(  # type: ignore[method-assign]
         problems.problem_openapi(app), settings)
 
     async def on_disconnect(_request: Request, _exc: Exception) -> Response:

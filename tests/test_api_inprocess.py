@@ -107,6 +107,19 @@ async def test_malformed_json_and_bad_timeout_header_are_422(shared: InProcess) 
     assert fields(assert_problem(too_long, 422)) == ["X-Request-Timeout"]
 
 
+async def test_n_is_bounded_by_the_servers_setting_in_messages_and_docs(
+    shared: InProcess,
+) -> None:
+    limit = shared.app.state.settings.max_images_per_request
+    for n in (limit + 1, 1025, 10**12):
+        problem = assert_problem(await shared.client.post("/generate", json={"n": n}), 422)
+        assert fields(problem) == ["n"]
+        assert problem["detail"] == f"n: must be <= {limit}"
+    schema = (await shared.client.get("/openapi.json")).json()
+    n = schema["components"]["schemas"]["GenerateRequest"]["properties"]["n"]
+    assert (n["minimum"], n["maximum"]) == (1, limit)
+
+
 @pytest.mark.parametrize("path", ["/generate", "/generate/interpolate"])
 async def test_a_json_body_sent_as_a_form_is_a_415(shared: InProcess, path: str) -> None:
     # What `curl -d '{"n": 2}'` sends without `-H 'content-type: application/json'`.
