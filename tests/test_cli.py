@@ -241,7 +241,12 @@ def test_a_failed_job_exits_1(live: LiveServer, tmp_path: Path,
                             "-o", str(tmp_path / "o.png"), *server], capsys)
         assert code == 1
         assert "error: the job failed: Diverged: the loss diverged at step" in err
+        # The hint fits the optimizer: L-BFGS (the default) is not told to use L-BFGS.
+        assert "lower style_weight (or content_weight, tv_weight)" in err
         assert not (tmp_path / "o.png").exists()
+    code, _, err = run(["stylize", CONTENT, STARRY, *TINY, "--style-weight", "1e38",
+                        "--optimizer", "adam", "-o", str(tmp_path / "o.png")], capsys)
+    assert code == 1 and "lower style_weight, or use optimizer=lbfgs" in err
 
 
 # ---- --json ----------------------------------------------------------------------------

@@ -41,13 +41,17 @@ class Diverged(AtelierError):
     slug = "diverged"
     title = "Diverged"
 
-    def __init__(self, cause: FloatingPointError) -> None:
-        super().__init__(f"{cause}; lower style_weight or use optimizer=lbfgs")
+    def __init__(self, cause: FloatingPointError, optimizer: str | None) -> None:
+        # Adam's steps are as large as its learning rate whatever the loss's scale, and
+        # bf16 (Adam only) overflows sooner; L-BFGS diverges only on extreme weights.
+        hint = ("lower style_weight, or use optimizer=lbfgs" if optimizer == "adam"
+                else "lower style_weight (or content_weight, tv_weight)")
+        super().__init__(f"{cause}; {hint}")
 
 
-def _job_error(exc: BaseException) -> AtelierError:
+def _job_error(exc: BaseException, job: Job) -> AtelierError:
     if isinstance(exc, FloatingPointError):
-        return Diverged(exc)
+        return Diverged(exc, job.params.get("optimizer"))
     return as_atelier_error(exc, "stylizing")
 
 
@@ -302,7 +306,7 @@ class StylizeService:
             self.store.cancelled(job)
             return
         if exc is not None:
-            self.store.fail(job, _job_error(exc))
+            self.store.fail(job, _job_error(exc, job))
             return
         result: StyleResult = future.result()
         try:
@@ -310,7 +314,7 @@ class StylizeService:
             await self.store.write_result(job, data, fmt.value)
         except Exception as write_error:
             log.exception("could not store the result of job %s", job.id)
-            self.store.fail(job, _job_error(write_error))
+            self.store.fail(job, _job_error(write_error, job))
             return
         self.store.succeed(job, media_type=fmt.media_type, step=result.steps,
                            losses=_losses(result.losses), seconds=round(result.seconds, 3))
