@@ -120,8 +120,10 @@ def test_with_keys_on_the_studio_asks_for_a_key_says_why_a_call_failed_then_work
     # EventSource could not have done), the result. It never went in a URL or a log.
     bearer = f"Bearer {KEY}"
     assert traffic.to(r"/stylize$")[-1] == bearer
-    assert traffic.to(r"/jobs/\w+/events$") and set(traffic.to(r"/jobs/\w+/events$")) == {bearer}
-    assert set(traffic.to(r"/jobs/\w+/result$")) == {bearer}
+    # Job ids are URL-safe base64: letters, digits, "_" and "-".
+    streams = traffic.to(r"/jobs/[\w-]+/events$")
+    assert streams and set(streams) == {bearer}
+    assert set(traffic.to(r"/jobs/[\w-]+/result$")) == {bearer}
     assert not any(KEY in url for url, _ in traffic.requests)
     assert not any(KEY in line for line in traffic.logged)
     # Kept in this tab only; the history knows the job's key by its id (as the server logs
