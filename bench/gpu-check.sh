@@ -55,6 +55,8 @@ fi
     if want generate; then
     echo "== generate"
     python3 bench/generate.py --concurrency 1,16,64,256 --duration 8 --requests 20000
+    echo "== PNG encoders on this box's CPU (what /generate pays per face on the event loop)"
+    python3 bench/png.py --faces 64
     fi
   fi
   if want profile; then
