@@ -286,6 +286,31 @@ def test_two_host_headers_are_a_400_problem(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_a_transfer_coding_other_than_chunked_is_a_501_problem(
+    tmp_path: Path, http: Literal["httptools", "h11"],
+) -> None:
+    body = b'{"n": 1}'
+    chunked = hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n0\r\n\r\n"
+
+    def post(coding: bytes) -> bytes:
+        return raw_request(server.port, b"POST /generate HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           b"Content-Type: application/json\r\nTransfer-Encoding: " + coding
+                           + b"\r\nConnection: close\r\n\r\n" + chunked)
+
+    with GuardedServer(stub_app(tmp_path), http) as server:
+        gzip_coded = post(b"gzip, chunked")
+        plain = post(b"Chunked")
+    head, _, problem = gzip_coded.partition(b"\r\n\r\n")
+    if http == "h11":  # h11 refuses the request itself, as one it cannot parse
+        assert head.startswith(b"HTTP/1.1 400 ") and b"application/problem+json" in head
+        assert b"could not be parsed" in problem
+    else:  # httptools hands it on, still coded: the app refuses it
+        assert head.startswith(b"HTTP/1.1 501 ") and b"application/problem+json" in head
+        assert b"transfer-coding-not-implemented" in problem and b"gzip, chunked" in problem
+    assert plain.startswith(b"HTTP/1.1 200 "), plain[:300]
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11"])
 def test_a_64_mb_head_is_cut_off_at_the_socket_without_buffering_it(
     tmp_path: Path, http: Literal["httptools", "h11"],
 ) -> None:

@@ -68,6 +68,19 @@ class HostNotAllowed(AtelierError):
     title = "Host not allowed"
 
 
+class TransferCodingNotImplemented(AtelierError):
+    """A body sent in a transfer coding other than chunked (RFC 9112 §6.1: 501). The
+    server would hand its bytes to the app still coded: a gzip-coded JSON body read as JSON."""
+
+    status = 501
+    slug = "transfer-coding-not-implemented"
+    title = "Transfer coding not implemented"
+
+    def __init__(self, codings: str) -> None:
+        super().__init__(f"request bodies are read as sent or chunked; Transfer-Encoding was"
+                         f" {codings!r}")
+
+
 class CrossSiteRefused(AtelierError):
     status = 403
     slug = "cross-site-request"
@@ -121,6 +134,12 @@ async def _refuse(scope: Scope, send: Send, error: AtelierError,
                 for k, v in problem_headers(error, None).items()]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _codings(headers: list[bytes]) -> list[bytes]:
+    """The transfer codings of every Transfer-Encoding header, in order, lower case."""
+    return [coding.strip().lower() for value in headers for coding in value.split(b",")
+            if coding.strip()]
 
 
 # ---- Host and origin parsing --------------------------------------------------------------
@@ -278,11 +297,14 @@ class Guard:
         size = len(method) + len(scope.get("raw_path") or b"") + len(scope["query_string"]) + 15
         host = origin = site = None
         hosts = 0
+        codings: list[bytes] = []
         for name, value in scope["headers"]:
             size += len(name) + len(value) + 4
             if name == b"host":
                 host = host or value
                 hosts += 1
+            elif name == b"transfer-encoding":
+                codings.append(value)
             elif name == b"origin":
                 origin = value
             elif name == b"sec-fetch-site":
@@ -293,6 +315,11 @@ class Guard:
         if hosts > 1:  # which one names the server? RFC 9112 §3.2: refuse the request
             await _refuse(scope, send, HostNotAllowed(
                 f"a request has one Host header; this one has {hosts}"))
+            return
+        if codings and _codings(codings) != [b"chunked"]:
+            shown = b", ".join(codings).decode("latin-1")[:100]
+            await _refuse(scope, send, TransferCodingNotImplemented(shown),
+                          [(b"connection", b"close")])  # the body is not read
             return
         if self.hosts is not None:
             allowed = self._hosts_seen.get(host)
