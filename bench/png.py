@@ -1,7 +1,8 @@
 """PNG encoders side by side: Pillow at `compress_level=1`, the service's writer
 (`app.engines.imaging.png`) with zlib's default match search, and the writer as the service
 runs it (run-length strategy). Inputs: faces from the catalog's GAN (64x64, what /generate
-sends most), the style results of the README gallery (docs/gallery, what /stylize sends),
+sends most), the style results of the README gallery (docs/gallery, decoded from its
+JPEGs: what /stylize sends, with JPEG's own smoothing),
 and the photographs of tests/data scaled up to 512 px (small JPEGs: smooth, the run-length
 strategy's worst case). Prints µs and bytes per image and the ratios to Pillow, all from
 this one run.

@@ -146,8 +146,9 @@ async def soak(args: argparse.Namespace) -> None:
             samples.append((minute, progress[0], rss_mb(pid)))
             print(f"| {minute:.1f} | {progress[0]} | {samples[-1][2]:.0f} |", flush=True)
         await load
-        half = [s for s in samples if s[0] >= samples[-1][0] / 2]
-        (m0, r0, mb0), (m1, r1, mb1) = half[0], half[-1]
+        # From the sample nearest the run's middle to the last one.
+        middle = min(samples, key=lambda sample: abs(sample[0] - samples[-1][0] / 2))
+        (m0, r0, mb0), (m1, r1, mb1) = middle, samples[-1]
         print(f"statuses: {dict(sorted(statuses.items()))}")
         print(f"RSS: {samples[0][2]:.0f} MB at start, {max(s[2] for s in samples):.0f} MB at"
               f" most, {mb1:.0f} MB at the end")

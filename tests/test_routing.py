@@ -12,7 +12,10 @@ from typing import Annotated, Any
 import fastapi.routing
 import httpx
 import pytest
-from fastapi import APIRouter, Body, Depends, FastAPI, Request, Response
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.security import SecurityScopes
+from pydantic import AfterValidator
+from starlette.requests import HTTPConnection
 
 from app.api import problems
 from app.api.routing import JsonBodyRoute
@@ -41,7 +44,7 @@ def _echo_app() -> FastAPI:
             return Response(json.dumps({"body": given, "method": request.method}),
                             media_type="application/json")
 
-        app.include_router(router)
+        app.router.routes.extend(router.routes)  # as app/main.py adds its routes
     return app
 
 
@@ -172,10 +175,40 @@ def test_only_request_plus_one_json_model_endpoints_take_the_fast_path() -> None
     ) -> Response:
         return Response()
 
+    @router.post("/g")
+    async def with_connection(
+        request: Request, body: GenerateRequest, connection: HTTPConnection
+    ) -> Response:
+        return Response()
+
+    @router.post("/h")
+    async def with_scopes(
+        request: Request, body: GenerateRequest, scopes: SecurityScopes
+    ) -> Response:
+        return Response()
+
+    def at_most_two(body: GenerateRequest) -> GenerateRequest:
+        if body.n > 2:
+            raise ValueError("at most 2")
+        return body
+
+    @router.post("/i")
+    async def validated(
+        request: Request, body: Annotated[GenerateRequest, Body(), AfterValidator(at_most_two)]
+    ) -> Response:
+        return Response()
+
+    @router.post("/j")
+    async def wide_union(
+        request: Request, body: Annotated[GenerateRequest | dict[str, int], Body()]
+    ) -> Response:
+        return Response()
+
     fast = {route.path: route._fast_body() for route in router.routes
             if isinstance(route, JsonBodyRoute)}
     assert fast == {"/a": ("request", "body", GenerateRequest), "/b": None, "/c": None,
-                    "/d": None, "/e": None, "/f": None}
+                    "/d": None, "/e": None, "/f": None, "/g": None, "/h": None, "/i": None,
+                    "/j": None}
 
 
 def test_generate_takes_the_fast_path_and_interpolate_does_not() -> None:
@@ -184,3 +217,79 @@ def test_generate_takes_the_fast_path_and_interpolate_does_not() -> None:
               if isinstance(route, JsonBodyRoute)}
     assert routes["/generate"]._fast_body() == ("request", "body", GenerateRequest)
     assert routes["/generate/interpolate"]._fast_body() is None  # it has dependencies
+
+
+async def _asgi(app: FastAPI, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
+    """POST `chunks` as a chunked JSON body, then a hang-up: (status, body) answered."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("test", 80),
+             "headers": [(b"host", b"test"), (b"content-type", b"application/json"),
+                         (b"transfer-encoding", b"chunked")]}
+    messages = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_a_client_that_leaves_mid_body_gets_fastapis_400() -> None:
+    app = _echo_app()
+    fast = await _asgi(app, "/fast", [b'{"n": '])
+    plain = await _asgi(app, "/fastapi", [b'{"n": '])
+    assert fast[0] == plain[0] == 400
+    assert fast[1] == plain[1].replace(b'"/fastapi"', b'"/fast"')
+    assert b"There was an error parsing the body" in fast[1]
+
+
+@pytest.mark.parametrize("content_type", [
+    b"application/json\xa0", b"\xa0application/json", b"application/json\x1c",
+    b"APPLICATION/JSON ; charset=utf-8", b"application/vnd.atelier+json",
+])
+async def test_content_types_fastapi_reads_as_json_are_json_here(
+    client: httpx.AsyncClient, content_type: bytes
+) -> None:
+    headers = {"content-type": content_type}
+    fast = await client.post("/fast", content=b'{"n": 3}', headers=headers)
+    plain = await client.post("/fastapi", content=b'{"n": 3}', headers=headers)
+    assert plain.status_code == 200, plain.text
+    assert (fast.status_code, fast.content) == (plain.status_code, plain.content)
+
+
+async def test_a_media_type_fastapi_does_not_read_as_json_is_a_415(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = {"content-type": "application/a/b+json"}  # two slashes: text/plain to email
+    assert (await client.post("/fastapi", content=b"{}", headers=headers)).status_code == 422
+    assert (await client.post("/fast", content=b"{}", headers=headers)).status_code == 415
+
+
+async def test_an_include_with_dependencies_keeps_fastapis_handler() -> None:
+    refused: list[str] = []
+
+    async def require_key(request: Request) -> None:
+        if request.headers.get("x-key") != "k":
+            refused.append(request.url.path)
+            raise HTTPException(401, "no key")
+
+    router = APIRouter(route_class=JsonBodyRoute)
+
+    @router.post("/guarded")
+    async def guarded(request: Request, body: GenerateRequest) -> Response:
+        return Response("ran")
+
+    app = FastAPI()
+    app.include_router(router, dependencies=[Depends(require_key)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as client:
+        without = await client.post("/guarded", json={"n": 1})
+        with_key = await client.post("/guarded", json={"n": 1}, headers={"x-key": "k"})
+    assert (without.status_code, with_key.status_code) == (401, 200)
+    assert refused == ["/guarded"]
