@@ -17,6 +17,7 @@ printed (`pytest -s`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 import re
@@ -203,14 +204,21 @@ def test_four_times_capacity_only_200_202_503_429_and_every_accepted_job_ends(
     # the keep-alive race every HTTP/1.1 client must avoid, not an overload failure.
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients,
                           keepalive_expiry=2.0)
-    with LiveServer(create_app(settings)) as server, \
-            httpx.Client(base_url=server.url, timeout=60, limits=limits) as client:
+    with LiveServer(create_app(settings)) as server, contextlib.ExitStack() as stack:
+        # One client (and connection pool) per thread, as separate users have. With one
+        # pool shared by all threads, a read once failed with EBADF on the client side (seen
+        # once in CI, not reproduced): its own pool per thread rules that sharing out.
+        def new_client() -> httpx.Client:
+            return stack.enter_context(
+                httpx.Client(base_url=server.url, timeout=60, limits=limits))
+
+        client = new_client()
         started = time.monotonic()
         threads = [threading.Thread(target=_generate_client,
-                                    args=(client, auth(i), tally, start, i))
+                                    args=(new_client(), auth(i), tally, start, i))
                    for i in range(GENERATE_CLIENTS)]
         threads += [threading.Thread(target=_style_client,
-                                     args=(client, auth(i), tally, start, 1000 + i))
+                                     args=(new_client(), auth(i), tally, start, 1000 + i))
                     for i in range(STYLE_CLIENTS)]
         for thread in threads:
             thread.start()
