@@ -57,11 +57,8 @@ def faces(count: int) -> list[np.ndarray]:
         sys.exit(f"{settings.default_model} is not pulled: run `atelier models pull` first")
     architecture = entry.manifest.architecture
     net = load_gan(architecture, entry.weights, "cpu")
-    latents = torch.stack([gan.latent_for_seed(seed, int(architecture["nz"]))
-                           for seed in range(count)])
-    with torch.no_grad():
-        images = gan.to_uint8_images(net(latents.view(count, -1, 1, 1)))
-    return [image.numpy() for image in images]
+    latents = gan.latents_for_seeds(0, count, int(architecture["nz"]))
+    return [image.numpy() for image in gan.sample(net, latents, torch.device("cpu"), count)]
 
 
 def pictures(folder: Path, size: int | None = None) -> list[np.ndarray]:

@@ -21,10 +21,8 @@ import asyncio
 import io
 import json
 import platform
-import struct
 import sys
 import time
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,21 +34,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.generate import ROOT, Server, free_port
+from tests.hostile import png as png_header
 
 DATA = ROOT / "tests" / "data"
 JSON = {"content-type": "application/json"}
-
-
-def png_bomb(side: int) -> bytes:
-    """A PNG header that promises side x side grey pixels, followed by two rows of them."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (struct.pack(">I", len(body)) + kind + body
-                + struct.pack(">I", zlib.crc32(kind + body)))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    rows = zlib.compress((b"\0" + bytes(side)) * 2)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows)
-            + chunk(b"IEND", b""))
 
 
 def rss_mb(pid: int) -> float:
@@ -74,7 +61,7 @@ def one_round(client: httpx.AsyncClient, seed: int, size: int, steps: int,
               large: bytes) -> list[Callable[[], Awaitable[httpx.Response]]]:
     """The requests of one round, each a call that sends it."""
     content, style = (DATA / "content.jpg").read_bytes(), (DATA / "starry.jpg").read_bytes()
-    bomb = png_bomb(6400)  # 41 Mpx promised: over ATELIER_MAX_PIXELS (40 M)
+    bomb = png_header(6400, 6400, rows=2)  # 41 Mpx promised: over ATELIER_MAX_PIXELS (40 M)
 
     def generate(body: dict[str, object], accept: str = "image/png"
                  ) -> Callable[[], Awaitable[httpx.Response]]:
